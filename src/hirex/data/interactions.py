@@ -146,6 +146,34 @@ class Interactions:
             _cat(self.timestamps, other.timestamps),
         )
 
+    def collapse_duplicates(self) -> Interactions:
+        """One entry per (user, item): the first occurrence's position is kept, weights are
+        summed and the earliest timestamp kept.  ``self.nnz - result.nnz`` is the number of
+        rows collapsed.  This is the duplicate policy of "set" data; sequences keep repeats.
+        """
+        if self.nnz == 0:
+            return self
+        key = self.users() * np.int64(self.n_items) + self.items
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+        if len(starts) == self.nnz:
+            return self
+        first = order[starts]  # position of each (user, item)'s first occurrence
+        back = np.argsort(first, kind="stable")  # group index in original entry order
+        keep = np.zeros(self.nnz, dtype=bool)
+        keep[first] = True
+        weights = timestamps = None
+        if self.weights is not None:
+            weights = np.add.reduceat(self.weights[order].astype(np.float64), starts)[back]
+            weights = weights.astype(np.float32)
+        if self.timestamps is not None:
+            timestamps = np.minimum.reduceat(self.timestamps[order], starts)[back]
+        kept = self.select_entries(keep)
+        return Interactions(
+            self.n_users, self.n_items, kept.indptr, kept.items, weights, timestamps
+        )
+
     def select_entries(self, keep: np.ndarray) -> Interactions:
         """Keep the entries where the (nnz,) bool mask is true, order preserved."""
         counts = np.bincount(self.users()[keep], minlength=self.n_users)
@@ -196,6 +224,17 @@ class IdMap:
             raise KeyError(f"unknown ids {missing[:10]!r} ({len(missing)} in all)")
         return out
 
+    def find(self, raw_ids: Sequence) -> np.ndarray:
+        """Original ids -> (n,) int64 dense ids, ``-1`` where an id is unknown (vectorised)."""
+        import pandas as pd
+
+        values = np.asarray(raw_ids)
+        if self.raw.dtype.kind in "iu" and values.dtype.kind in "UOS":
+            values = pd.to_numeric(pd.Series(values.astype(str)), errors="coerce").to_numpy()
+        elif self.raw.dtype.kind in "UO" and values.dtype.kind not in "UO":
+            values = values.astype(str)
+        return pd.Index(self.raw).get_indexer(values).astype(np.int64)
+
     def to_raw(self, dense_ids: np.ndarray) -> list:
         return self.raw[np.asarray(dense_ids, dtype=np.int64)].tolist()
 
@@ -228,6 +267,34 @@ def _factorize(values: Sequence) -> tuple[np.ndarray, list]:
 
     codes, uniques = pd.factorize(pd.Series(values), sort=False)
     return codes.astype(np.int64), list(uniques)
+
+
+def read_data_text(path: str | os.PathLike, expected: str) -> str:
+    """The text of a data file, or a DataError naming the file, the problem and the format.
+
+    ``expected`` describes the format for the message, e.g. "one line per user: `user item ...`".
+    A file with nothing but whitespace counts as empty.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found; expected a file with {expected}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file; expected a file with {expected}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the file ({err.strerror})") from err
+    try:
+        text = data.decode("utf-8-sig")  # a leading byte-order mark is dropped
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#x}); "
+            f"save the file as UTF-8 with {expected}"
+        ) from err
+    if not text.strip():
+        raise DataError(f"{path}: file is empty; expected {expected}")
+    return text
 
 
 Kind = Literal["set", "sequence"]

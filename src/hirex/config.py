@@ -1,0 +1,267 @@
+"""Run configuration: frozen dataclasses and a strict TOML/JSON loader.
+
+A config file has the sections ``[data]``, ``[model]``, ``[train]`` and ``[eval]``; unknown
+sections or keys are errors that list the valid ones, so a typo never silently falls back to a
+default.  ``save_config`` writes the exact config of a run next to its results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+
+from hirex.atomic_files import atomic_write_text
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data to train on and how to carve the validation split."""
+
+    name: str = "synthetic"
+    """A dataset name (synthetic, gowalla, beauty, sports) or a path (LightGCN folder, CSV,
+    Parquet)."""
+    data_dir: str | None = None
+    """Where named datasets live; default $HIREX_DATA, then ~/.cache/hirex/data."""
+    valid_per_user: int = 1
+    """Items per user held out of training for validation (set data)."""
+    seed: int = 0
+    synthetic_users: int = 5000
+    synthetic_items: int = 2000
+    synthetic_kind: Literal["set", "sequence"] = "set"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The foundational retrieval model: user tower, item tower, scorer."""
+
+    dim: int = 64
+    user_encoder: Literal["pooling", "transformer", "none"] = "pooling"
+    """History encoder: pooling for unordered sets, a causal transformer for sequences."""
+    use_user_id: bool = True
+    """Add a learned per-user id embedding (unseen users fall back to history only)."""
+    pooling_exponent: float = 0.5
+    """Pooled history = sum of history embeddings / |history| ** exponent."""
+    max_history: int = 50
+    """Most recent items fed to the transformer; pooling uses the whole history."""
+    n_layers: int = 2
+    n_heads: int = 1
+    dropout: float = 0.2
+    scorer: Literal["dot", "mol"] = "dot"
+    """dot: inner product; mol: mixture of logits over several embeddings per side, gated."""
+    mol_user_embs: int = 4
+    mol_item_embs: int = 4
+    mol_gate_hidden: int = 64
+    cosine: bool = True
+    """L2-normalise embeddings and divide scores by ``temperature``."""
+    temperature: float = 0.1
+    item_text: bool = False
+    """Add a hashed bag-of-words embedding of item text to the item tower."""
+    text_buckets: int = 65536
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, negatives, early stopping and checkpoints."""
+
+    loss: Literal["softmax", "sampled_softmax", "ccl"] = "sampled_softmax"
+    """softmax: over all items; sampled_softmax: in-batch + sampled negatives with log-Q
+    correction; ccl: cosine contrastive loss (SimpleX) over the same negatives."""
+    num_negatives: int = 1024
+    """Shared sampled negatives per batch (sampled_softmax, ccl)."""
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    in_batch_negatives: bool = True
+    ccl_margin: float = 0.8
+    ccl_negative_weight: float = 100.0
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    history_dropout: float = 0.0
+    epochs: int = 20
+    patience: int = 3
+    """Stop after this many validations without improvement."""
+    checkpoint_every: int = 200
+    """Steps between mid-epoch checkpoints (0: only at epoch ends)."""
+    refit: bool = False
+    """After early stopping, retrain on train + valid for the best number of epochs."""
+    seed: int = 0
+    device: str = "auto"
+    """auto (cuda when present), cpu, cuda, cuda:N."""
+    num_threads: int = 0
+    """Torch CPU threads; 0 keeps torch's default."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = ()
+    """Cut-offs; empty: the protocol's (20 for set data, 5 and 10 for sequences)."""
+    select_metric: str = ""
+    """Validation metric for early stopping; empty: recall@20 (set data) or ndcg@10 (sequences)."""
+    user_batch: int = 512
+    item_chunk: int = 65536
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match the schema."""
+
+
+def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
+    name = f"{section}.{f.name}"
+    hint = typing.get_type_hints(_SECTIONS[section])[f.name]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name} = {value!r}; choose one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{name} must be a list of integers, got {value!r}")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def config_from_dict(raw: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """Build a RunConfig from nested dicts, strictly: unknown sections/keys raise ConfigError."""
+    base = base or RunConfig()
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: {sorted(_SECTIONS)}")
+    parts = {}
+    for section, cls in _SECTIONS.items():
+        values = raw.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table of key = value")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        bad = set(values) - set(fields)
+        if bad:
+            raise ConfigError(
+                f"unknown keys {sorted(bad)} in [{section}]; valid keys: {sorted(fields)}"
+            )
+        checked = {k: _check_value(section, fields[k], v) for k, v in values.items()}
+        parts[section] = dataclasses.replace(getattr(base, section), **checked)
+    cfg = RunConfig(**parts)
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Range checks that a type check cannot express."""
+    positive = {
+        "model.dim": cfg.model.dim,
+        "model.max_history": cfg.model.max_history,
+        "model.n_heads": cfg.model.n_heads,
+        "model.mol_user_embs": cfg.model.mol_user_embs,
+        "model.mol_item_embs": cfg.model.mol_item_embs,
+        "train.batch_size": cfg.train.batch_size,
+        "train.epochs": cfg.train.epochs,
+        "train.patience": cfg.train.patience,
+        "eval.user_batch": cfg.eval.user_batch,
+        "eval.item_chunk": cfg.eval.item_chunk,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if cfg.model.dim % cfg.model.n_heads:
+        raise ConfigError(f"model.dim ({cfg.model.dim}) must divide by model.n_heads")
+    if cfg.model.temperature <= 0:
+        raise ConfigError("model.temperature must be positive")
+    if not 0 <= cfg.model.dropout < 1 or not 0 <= cfg.train.history_dropout < 1:
+        raise ConfigError("dropout rates must lie in [0, 1)")
+    if cfg.train.lr <= 0:
+        raise ConfigError("train.lr must be positive")
+    if cfg.train.num_negatives < 0:
+        raise ConfigError("train.num_negatives must be >= 0")
+    if cfg.eval.ks and min(cfg.eval.ks) <= 0:
+        raise ConfigError("eval.ks must be a list of positive cut-offs")
+    if cfg.model.user_encoder == "none" and not cfg.model.use_user_id:
+        raise ConfigError(
+            "model.user_encoder = 'none' needs model.use_user_id = true: the user tower "
+            "would have no input"
+        )
+
+
+def load_config(path: str | os.PathLike, base: RunConfig | None = None) -> RunConfig:
+    """Read a .toml or .json config file strictly."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: cannot parse: {err}") from err
+    try:
+        return config_from_dict(raw, base)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` (value parsed as TOML, else as a string) for command-line overrides."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.lr=0.01")
+    key, value = text.split("=", 1)
+    section, name = key.strip().split(".", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return section, name, parsed
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    raw: dict[str, dict[str, Any]] = {}
+    for text in overrides:
+        section, name, value = parse_override(text)
+        raw.setdefault(section, {})[name] = value
+    return config_from_dict(raw, cfg)
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d["eval"]["ks"] = list(d["eval"]["ks"])
+    return {s: {k: v for k, v in sec.items() if v is not None} for s, sec in d.items()}
+
+
+def config_to_toml(cfg: RunConfig) -> str:
+    lines = []
+    for section, values in config_to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    atomic_write_text(path, config_to_toml(cfg))

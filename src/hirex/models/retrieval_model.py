@@ -1,0 +1,173 @@
+"""The foundational retrieval model: user tower, item tower, scorer; saved as safetensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import nn
+
+from hirex.atomic_files import atomic_write_bytes
+from hirex.config import ConfigError, ModelConfig
+from hirex.models.scorers import DotScorer, MixtureOfLogits
+from hirex.models.towers import CausalTransformer, ItemTower, UserTower
+from hirex.models.user_batch import UserBatch
+
+MODEL_FORMAT = "hirex-model"
+MODEL_VERSION = 1
+
+
+class RetrievalModel(nn.Module):
+    """score(user, item) = scorer(user_tower(user), item_tower(item)) [/ temperature].
+
+    ``encode_users`` -> (B, P, D), ``encode_items`` -> (N, Q, D), ``score`` -> (B, N).
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, n_users: int, n_items: int, item_text: list[str] | None = None
+    ) -> None:
+        super().__init__()
+        if cfg.item_text and item_text is None:
+            raise ValueError(
+                "model.item_text = true but the dataset has no item text; load one with item text "
+                "or set model.item_text = false"
+            )
+        self.cfg, self.n_users, self.n_items = cfg, n_users, n_items
+        p, q = (cfg.mol_user_embs, cfg.mol_item_embs) if cfg.scorer == "mol" else (1, 1)
+        self.user_tower = UserTower(
+            n_users,
+            n_items,
+            cfg.dim,
+            p,
+            cfg.user_encoder,
+            cfg.use_user_id,
+            pooling_exponent=cfg.pooling_exponent,
+            max_len=cfg.max_history,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            dropout=cfg.dropout,
+        )
+        self.item_tower = ItemTower(
+            n_items, cfg.dim, q, item_text if cfg.item_text else None, cfg.text_buckets
+        )
+        if cfg.scorer == "dot":
+            self.scorer: nn.Module = DotScorer()
+        elif cfg.scorer == "mol":
+            self.scorer = MixtureOfLogits(p, q, cfg.dim, cfg.mol_gate_hidden)
+        else:
+            raise ValueError(f"unknown scorer {cfg.scorer!r}; choose one of ['dot', 'mol']")
+
+    @property
+    def device(self) -> torch.device:
+        return self.item_tower.id_emb.weight.device
+
+    @property
+    def sequential(self) -> bool:
+        return isinstance(self.user_tower.history, CausalTransformer)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.cfg.cosine else x
+
+    def encode_users(self, batch: UserBatch) -> torch.Tensor:
+        """-> (B, P, D)"""
+        return self._normalise(self.user_tower(batch))
+
+    def encode_user_positions(self, users: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """Sequence models: users (B,), seq (B, T) left-padded -> (B, T, P, D), one user
+        embedding after each position (used to train next-item prediction at every step)."""
+        history = self.user_tower.history
+        if not isinstance(history, CausalTransformer):
+            raise ValueError("encode_user_positions needs model.user_encoder = 'transformer'")
+        states = history.forward_positions(seq)
+        return self._normalise(self.user_tower.combine(users[:, None].expand(seq.shape), states))
+
+    def encode_items(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """items: (N,) int64 or None for all -> (N, Q, D)"""
+        return self._normalise(self.item_tower(items))
+
+    def score(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """user: (B, P, D), item: (N, Q, D) -> (B, N) scores (logits of the softmax)."""
+        s = self.scorer(user, item)
+        return s / self.cfg.temperature if self.cfg.cosine else s
+
+    # ---- files ---------------------------------------------------------------
+    def save(self, path: str | os.PathLike, extra: dict[str, str] | None = None) -> None:
+        """Write weights and config to one safetensors file, atomically."""
+        meta = {
+            "format": MODEL_FORMAT,
+            "version": str(MODEL_VERSION),
+            "model_config": json.dumps(dataclasses.asdict(self.cfg)),
+            "n_users": str(self.n_users),
+            "n_items": str(self.n_items),
+        }
+        meta.update(extra or {})
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> RetrievalModel:
+        """Load a model written by ``save``; a bad file gets a ValueError naming the problem."""
+        tensors, meta = read_safetensors(path, MODEL_FORMAT, MODEL_VERSION)
+        try:
+            cfg = ModelConfig(**json.loads(meta["model_config"]))
+            n_users, n_items = int(meta["n_users"]), int(meta["n_items"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: model metadata is damaged ({err})") from err
+        text = None
+        if cfg.item_text:
+            # The hashed text lives in buffers; any placeholder of the right length rebuilds them.
+            text = [""] * n_items
+        model = cls(cfg, n_users, n_items, text)
+        if cfg.item_text:
+            model.item_tower.text_tokens = tensors["item_tower.text_tokens"]
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{path}: weights do not match the model config ({err})") from err
+        return model.to(device)
+
+
+def read_safetensors(
+    path: str | os.PathLike, fmt: str, version: int
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file and check its format name and version."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path}: not a readable safetensors file (truncated or corrupt?): {err}"
+        ) from err
+    if meta.get("format") != fmt:
+        raise ValueError(f"{path}: expected a {fmt} file, found format {meta.get('format')!r}")
+    if meta.get("version") != str(version):
+        raise ValueError(
+            f"{path}: {fmt} format version {meta.get('version')!r}; this hirex reads version "
+            f"{version}. Re-create the file with this version of hirex."
+        )
+    return tensors, meta
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; otherwise the named device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available; use cpu or auto")
+    return device

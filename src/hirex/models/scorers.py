@@ -1,0 +1,57 @@
+"""Scorers: map user and item embeddings to a (users x items) score matrix.
+
+Every scorer takes ``user: (B, P, D)`` and ``item: (N, Q, D)`` and returns ``(B, N)`` scores, so
+training, exhaustive retrieval and index search share one code path.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DotScorer(nn.Module):
+    """Inner product of one user and one item embedding (P = Q = 1)."""
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        return user[:, 0] @ item[:, 0].T
+
+    def extra_repr(self) -> str:
+        return "dot"
+
+
+class MixtureOfLogits(nn.Module):
+    """Mixture of logits over P user x Q item embeddings with a learned gate.
+
+    Zhai et al., "Revisiting Neural Retrieval on Accelerators" (KDD 2023). The gate sees the user,
+    the item and the component logits, so the score is not a dot product of any fixed embedding
+    pair: this is the expressive scorer that the hierarchical index is built to serve.
+    """
+
+    def __init__(self, p: int, q: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.p, self.q = p, q
+        self.user_gate = nn.Sequential(
+            nn.Linear(p * dim, hidden), nn.SiLU(), nn.Linear(hidden, p * q)
+        )
+        self.item_gate = nn.Sequential(
+            nn.Linear(q * dim, hidden), nn.SiLU(), nn.Linear(hidden, p * q)
+        )
+        self.logit_gate = nn.Linear(p * q, p * q)
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        b, n = user.shape[0], item.shape[0]
+        # (B, N, P*Q) component logits: one matmul over the stacked embeddings.
+        logits = (user.reshape(b * self.p, -1) @ item.reshape(n * self.q, -1).T).view(
+            b, self.p, n, self.q
+        )
+        logits = logits.permute(0, 2, 1, 3).reshape(b, n, self.p * self.q)
+        gate = (
+            self.user_gate(user.reshape(b, -1))[:, None, :]
+            + self.item_gate(item.reshape(n, -1))[None, :, :]
+            + self.logit_gate(logits)
+        )
+        return (torch.softmax(gate, dim=-1) * logits).sum(-1)
+
+    def extra_repr(self) -> str:
+        return f"mixture of {self.p}x{self.q} logits"

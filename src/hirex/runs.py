@@ -1,0 +1,127 @@
+"""A run folder: the config, the trained model and its results, as ``hirex train`` writes them.
+
+    <run>/config.toml              the exact config (reloads the same data and model)
+    <run>/model.safetensors        the trained model (weights + model config)
+    <run>/checkpoint.safetensors   resumable training state
+    <run>/metrics.json             per-epoch validation, final test metrics, timings
+    <run>/user_ids.json, item_ids.json   original ids, when the data had them
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hirex.atomic_files import atomic_write_json
+from hirex.config import DataConfig, RunConfig, load_config, save_config
+from hirex.data.interactions import Dataset
+from hirex.data.registry import load_dataset
+from hirex.eval.protocols import evaluate
+from hirex.models.retrieval_model import RetrievalModel, resolve_device
+from hirex.train.trainer import MODEL, TrainResult, eval_ks
+
+METRICS_FORMAT = "hirex-metrics"
+METRICS_VERSION = 1
+
+
+def dataset_from_config(cfg: DataConfig) -> Dataset:
+    """Load the dataset a DataConfig names, with its split options."""
+    if cfg.name == "synthetic":
+        return load_dataset(
+            "synthetic",
+            n_users=cfg.synthetic_users,
+            n_items=cfg.synthetic_items,
+            kind=cfg.synthetic_kind,
+            valid_per_user=cfg.valid_per_user,
+            seed=cfg.seed,
+        )
+    if cfg.name in ("beauty", "sports"):
+        return load_dataset(cfg.name, data_dir=cfg.data_dir)
+    path = Path(cfg.name)
+    if cfg.name == "gowalla" or (path.is_dir() and (path / "train.txt").exists()):
+        return load_dataset(
+            cfg.name, data_dir=cfg.data_dir, valid_per_user=cfg.valid_per_user, seed=cfg.seed
+        )
+    return load_dataset(cfg.name, data_dir=cfg.data_dir)
+
+
+def finish_run(
+    cfg: RunConfig, dataset: Dataset, result: TrainResult, out: str | os.PathLike
+) -> dict[str, Any]:
+    """Evaluate the trained model on the test split and write metrics.json and the id maps."""
+    out = Path(out)
+    test = evaluate(
+        result.model, dataset, "test", eval_ks(cfg, dataset),
+        user_batch=cfg.eval.user_batch, item_chunk=cfg.eval.item_chunk,
+    )
+    report = {
+        "format": METRICS_FORMAT,
+        "version": METRICS_VERSION,
+        "dataset": dataset.summary(),
+        "best_epoch": result.best_epoch + 1,
+        "valid": result.best_valid,
+        "test": test.metrics,
+        "test_users": test.n_users,
+        "train_seconds": round(result.train_seconds, 2),
+        "exhaustive_users_per_second": round(test.users_per_second, 1),
+        "epochs": result.epochs,
+    }
+    atomic_write_json(out / "metrics.json", report)
+    if dataset.user_ids is not None:
+        dataset.user_ids.save(out / "user_ids.json")
+    if dataset.item_ids is not None:
+        dataset.item_ids.save(out / "item_ids.json")
+    return report
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    config: RunConfig
+    model: RetrievalModel
+    dataset: Dataset
+
+
+def load_run(path: str | os.PathLike, device: str = "auto") -> Run:
+    """Reload a finished run: its config, its model and the data it was trained on."""
+    path = Path(path)
+    if not (path / "config.toml").exists() or not (path / MODEL).exists():
+        raise FileNotFoundError(
+            f"{path} is not a finished hirex run (needs config.toml and {MODEL}); "
+            "train one with `hirex train --out DIR`"
+        )
+    cfg = load_config(path / "config.toml")
+    model = RetrievalModel.load(path / MODEL, device=resolve_device(device))
+    dataset = dataset_from_config(cfg.data)
+    if (dataset.n_users, dataset.n_items) != (model.n_users, model.n_items):
+        raise ValueError(
+            f"{path}: the model was trained on {model.n_users} users x {model.n_items} items but "
+            f"the data now has {dataset.n_users} x {dataset.n_items}; did the data change?"
+        )
+    return Run(path, cfg, model, dataset)
+
+
+def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Path:
+    """Create the run folder and write its config; refuse to mix configs in one folder."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if restart:
+        for name in ("checkpoint.safetensors", "checkpoint-refit.safetensors", MODEL,
+                     "metrics.json"):
+            (out / name).unlink(missing_ok=True)
+    saved = out / "config.toml"
+    if saved.exists() and (out / "checkpoint.safetensors").exists():
+        if load_config(saved) != cfg:
+            raise ValueError(
+                f"{out} holds a run with another config ({saved}); use a new --out folder "
+                "or pass --restart to discard that run"
+            )
+    save_config(cfg, saved)
+    return out
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(path) / "metrics.json").read_text())

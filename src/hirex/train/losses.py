@@ -1,0 +1,59 @@
+"""Retrieval losses over a (rows x candidates) score matrix.
+
+Candidates are the positives of the batch (in-batch negatives) and/or items sampled from a known
+distribution; the log-Q correction subtracts the log of each candidate's expected count so the
+sampled softmax estimates the full softmax (Yi et al., "Sampling-Bias-Corrected Neural Modeling
+for Large Corpus Item Recommendations", RecSys 2019).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def full_softmax_loss(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """scores: (M, N) over all items, positives: (M,) item ids -> mean cross-entropy."""
+    return F.cross_entropy(scores, positives)
+
+
+def sampled_softmax_loss(
+    scores: torch.Tensor,
+    candidates: torch.Tensor,
+    positive_column: torch.Tensor,
+    positives: torch.Tensor,
+    log_q: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy over sampled candidates with log-Q correction and accidental hits masked.
+
+    scores: (M, C) logits of each row against each candidate; candidates: (C,) item ids;
+    positive_column: (M,) column of each row's positive; positives: (M,) item ids;
+    log_q: (C,) log expected count of each candidate under its sampling distribution.
+    """
+    logits = scores - log_q[None, :]
+    # A candidate that equals the row's positive in another column is not a negative.
+    hit = candidates[None, :] == positives[:, None]
+    hit[torch.arange(len(positives), device=hit.device), positive_column] = False
+    logits = logits.masked_fill(hit, float("-inf"))
+    return F.cross_entropy(logits, positive_column)
+
+
+def cosine_contrastive_loss(
+    cosines: torch.Tensor,
+    candidates: torch.Tensor,
+    positive_column: torch.Tensor,
+    positives: torch.Tensor,
+    margin: float,
+    negative_weight: float,
+) -> torch.Tensor:
+    """SimpleX's cosine contrastive loss (Mao et al., CIKM 2021).
+
+    (1 - cos(u, pos)) + negative_weight * mean over negatives of relu(cos(u, neg) - margin).
+    cosines: (M, C) raw similarities (before any temperature).
+    """
+    rows = torch.arange(len(positives), device=cosines.device)
+    pos = cosines[rows, positive_column]
+    neg_mask = candidates[None, :] != positives[:, None]
+    neg = F.relu(cosines - margin) * neg_mask
+    neg_mean = neg.sum(1) / neg_mask.sum(1).clamp(min=1)
+    return ((1.0 - pos) + negative_weight * neg_mean).mean()

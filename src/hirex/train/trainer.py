@@ -1,0 +1,322 @@
+"""The training loop: AdamW, validation-based early stopping, resumable checkpoints.
+
+``train_model(cfg, dataset, out_dir)`` is the one entry point.  With an ``out_dir`` it writes
+``checkpoint.safetensors`` every ``train.checkpoint_every`` steps and at each epoch end, and the
+best model so far as ``model.safetensors``; calling it again on the same folder resumes from the
+checkpoint and ends with the same model as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hirex.config import ConfigError, RunConfig, config_to_dict
+from hirex.data.interactions import Dataset, Interactions
+from hirex.eval.protocols import default_ks, evaluate
+from hirex.models.retrieval_model import RetrievalModel, resolve_device
+from hirex.train.batches import PairBatches, SequenceBatches, step_rng
+from hirex.train.checkpoint import load_checkpoint, save_checkpoint
+from hirex.train.losses import cosine_contrastive_loss, full_softmax_loss, sampled_softmax_loss
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+REFIT_CHECKPOINT = "checkpoint-refit.safetensors"
+MODEL = "model.safetensors"
+
+
+@dataclass
+class TrainResult:
+    model: RetrievalModel
+    epochs: list[dict[str, Any]]
+    """Per epoch: epoch, loss, seconds and the validation metrics (when validated)."""
+    best_epoch: int
+    best_valid: dict[str, float]
+    train_seconds: float
+
+
+def select_metric(cfg: RunConfig, dataset: Dataset) -> str:
+    if cfg.eval.select_metric:
+        return cfg.eval.select_metric
+    return "recall@20" if dataset.kind == "set" else "ndcg@10"
+
+
+def eval_ks(cfg: RunConfig, dataset: Dataset) -> tuple[int, ...]:
+    ks = cfg.eval.ks or default_ks(dataset)
+    metric = select_metric(cfg, dataset)
+    k = int(metric.split("@")[1]) if "@" in metric else None
+    if k is None or metric.split("@")[0] not in ("recall", "ndcg", "hit", "mrr", "precision"):
+        raise ConfigError(
+            f"eval.select_metric {metric!r} must look like recall@20, ndcg@10, hit@10 or mrr@10"
+        )
+    return tuple(sorted(set(ks) | {k}))
+
+
+def build_model(cfg: RunConfig, dataset: Dataset) -> RetrievalModel:
+    if cfg.model.user_encoder == "transformer" and dataset.kind != "sequence":
+        log.warning("a transformer user encoder on unordered (set) data: item order is arbitrary")
+    return RetrievalModel(cfg.model, dataset.n_users, dataset.n_items, dataset.item_text)
+
+
+def train_model(
+    cfg: RunConfig,
+    dataset: Dataset,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+) -> TrainResult:
+    """Train on ``dataset.train`` with early stopping on ``dataset.valid``; optionally refit
+    on train + valid for the selected number of epochs (``train.refit``)."""
+    out = Path(out_dir) if out_dir is not None else None
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    result = _Loop(cfg, dataset, dataset.train, out, CHECKPOINT, device, progress).run(
+        validate=True
+    )
+    if cfg.train.refit:
+        log.info("refit on train + valid for %d epochs", result.best_epoch + 1)
+        refit_cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, epochs=result.best_epoch + 1)
+        )
+        full = dataset.train.concat(dataset.valid)
+        refit = _Loop(refit_cfg, dataset, full, out, REFIT_CHECKPOINT, device, progress).run(
+            validate=False
+        )
+        result = TrainResult(
+            refit.model,
+            result.epochs + refit.epochs,
+            result.best_epoch,
+            result.best_valid,
+            result.train_seconds + refit.train_seconds,
+        )
+    if out is not None:
+        result.model.save(out / MODEL, extra={"best_epoch": str(result.best_epoch)})
+    return result
+
+
+class _Loop:
+    """One training phase over ``train`` interactions (resumable from ``checkpoint_name``)."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        dataset: Dataset,
+        train: Interactions,
+        out: Path | None,
+        checkpoint_name: str,
+        device: torch.device,
+        progress: bool,
+    ) -> None:
+        self.cfg, self.dataset, self.train, self.out = cfg, dataset, train, out
+        self.ckpt = out / checkpoint_name if out is not None else None
+        self.device, self.progress = device, progress
+        tc = cfg.train
+        torch.manual_seed(tc.seed)
+        self.model = build_model(cfg, dataset).to(device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
+        )
+        if self.model.sequential:
+            self.batches: PairBatches | SequenceBatches = SequenceBatches(
+                train, tc.batch_size, tc.seed, cfg.model.max_history
+            )
+            counts = self.batches.target_counts()
+        else:
+            self.batches = PairBatches(train, tc.batch_size, tc.seed, tc.history_dropout)
+            counts = train.item_counts()
+        if len(self.batches) == 0:
+            raise ValueError(
+                "no training examples: every user needs at least one training item "
+                "(two for sequences)"
+            )
+        n = dataset.n_items
+        freq = np.maximum(counts, 1) / max(counts.sum(), 1)
+        self.log_freq = torch.from_numpy(np.log(freq)).float().to(device)
+        if tc.negative_sampling == "popularity":
+            p = freq**0.75
+        else:
+            p = np.ones(n)
+        self.sample_p = p / p.sum()
+        self.sample_cdf = np.cumsum(self.sample_p)
+        self.log_sample_p = torch.from_numpy(np.log(self.sample_p)).float().to(device)
+        self.metric = select_metric(cfg, dataset)
+        self.ks = eval_ks(cfg, dataset)
+
+    # ---- one step ---------------------------------------------------------------------------
+    def _rows(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """User embeddings (M, P, D) and positive items (M,) of one batch."""
+        batch = self.batches.batch(epoch, step)
+        if isinstance(self.batches, SequenceBatches):
+            inputs = batch.inputs.to(self.device)
+            targets = batch.targets.to(self.device)
+            u = self.model.encode_user_positions(batch.users.to(self.device), inputs)
+            keep = targets != self.dataset.n_items
+            return u[keep], targets[keep]
+        u = self.model.encode_users(batch.users.to(self.device))
+        return u, batch.positives.to(self.device)
+
+    def _loss(self, epoch: int, step: int) -> torch.Tensor:
+        tc = self.cfg.train
+        torch.manual_seed(int(step_rng(tc.seed, epoch, step).integers(2**62)))
+        u, pos = self._rows(epoch, step)
+        if tc.loss == "softmax":
+            return full_softmax_loss(self.model.score(u, self.model.encode_items()), pos)
+        # Candidates: the batch's positives (in-batch) and shared sampled items, each with the
+        # log of its expected count under the distribution it came from.
+        cands, log_q = [], []
+        m = len(pos)
+        if tc.in_batch_negatives:
+            cands.append(pos)
+            log_q.append(self.log_freq[pos] + math.log(m))
+        if tc.num_negatives:
+            rng = step_rng(tc.seed + 1, epoch, step)
+            sampled = np.searchsorted(self.sample_cdf, rng.random(tc.num_negatives))
+            sampled = torch.from_numpy(np.minimum(sampled, self.dataset.n_items - 1)).to(
+                self.device
+            )
+            cands.append(sampled)
+            log_q.append(self.log_sample_p[sampled] + math.log(tc.num_negatives))
+        if not tc.in_batch_negatives:
+            cands.insert(0, pos)
+            log_q.insert(0, torch.zeros(m, device=self.device))
+        candidates = torch.cat(cands)
+        scores = self.model.score(u, self.model.encode_items(candidates))
+        pos_col = torch.arange(m, device=self.device)
+        if tc.loss == "ccl":
+            cos = scores * self.cfg.model.temperature if self.cfg.model.cosine else scores
+            return cosine_contrastive_loss(
+                cos, candidates, pos_col, pos, tc.ccl_margin, tc.ccl_negative_weight
+            )
+        if not tc.in_batch_negatives:
+            log_q[0] = torch.zeros(m, device=self.device)
+        return sampled_softmax_loss(scores, candidates, pos_col, pos, torch.cat(log_q))
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _save(self, state: dict[str, Any]) -> None:
+        if self.ckpt is not None:
+            save_checkpoint(self.ckpt, self.model, self.optimizer, state)
+
+    def run(self, validate: bool) -> TrainResult:
+        tc = self.cfg.train
+        cfg_dict = config_to_dict(self.cfg)
+        state: dict[str, Any] = {
+            "config": cfg_dict,
+            "epoch": 0,
+            "step": 0,
+            "loss_sum": 0.0,
+            "best": None,
+            "best_epoch": -1,
+            "bad": 0,
+            "epochs": [],
+            "seconds": 0.0,
+            "done": False,
+        }
+        best_weights: dict[str, torch.Tensor] | None = None
+        if self.ckpt is not None and self.ckpt.exists():
+            state = load_checkpoint(self.ckpt, self.model, self.optimizer)
+            if state["config"] != cfg_dict:
+                raise ConfigError(
+                    f"{self.ckpt} was written with another config; train into a new output "
+                    "folder, or pass --restart to discard it"
+                )
+            log.info(
+                "resuming from %s: epoch %d, step %d", self.ckpt, state["epoch"], state["step"]
+            )
+            best_path = self.out / MODEL if self.out is not None else None
+            if validate and best_path is not None and best_path.exists():
+                best_weights = RetrievalModel.load(best_path).state_dict()
+        steps = len(self.batches)
+        t_start = time.perf_counter() - state["seconds"]
+        while not state["done"] and state["epoch"] < tc.epochs:
+            epoch = state["epoch"]
+            self.model.train()
+            bar = tqdm(
+                range(state["step"], steps),
+                initial=state["step"],
+                total=steps,
+                desc=f"epoch {epoch + 1}/{tc.epochs}",
+                unit="batch",
+                disable=not self.progress,
+                leave=False,
+            )
+            t_epoch, first_step = time.perf_counter(), state["step"]
+            for step in bar:
+                loss = self._loss(epoch, step)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at epoch {epoch + 1} step {step}; "
+                        "lower train.lr or raise model.temperature"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                state["loss_sum"] += float(loss)
+                state["step"] = step + 1
+                done_here = step + 1 - first_step
+                bar.set_postfix(
+                    loss=f"{state['loss_sum'] / (step + 1):.4f}",
+                    ex_s=f"{done_here * tc.batch_size / (time.perf_counter() - t_epoch):.0f}",
+                )
+                if (
+                    tc.checkpoint_every
+                    and (step + 1) % tc.checkpoint_every == 0
+                    and step + 1 < steps
+                ):
+                    state["seconds"] = time.perf_counter() - t_start
+                    self._save(state)
+            record: dict[str, Any] = {"epoch": epoch + 1, "loss": state["loss_sum"] / steps}
+            if validate:
+                ev = evaluate(
+                    self.model,
+                    self.dataset,
+                    "valid",
+                    self.ks,
+                    user_batch=self.cfg.eval.user_batch,
+                    item_chunk=self.cfg.eval.item_chunk,
+                )
+                record["valid"] = ev.metrics
+                value = ev.metrics[self.metric]
+                if state["best"] is None or value > state["best"]:
+                    state.update(best=value, best_epoch=epoch, bad=0)
+                    best_weights = copy.deepcopy(self.model.state_dict())
+                    if self.out is not None:
+                        self.model.save(self.out / MODEL, extra={"best_epoch": str(epoch)})
+                else:
+                    state["bad"] += 1
+                    if state["bad"] >= tc.patience:
+                        state["done"] = True
+            else:
+                state["best_epoch"] = epoch
+            record["seconds"] = time.perf_counter() - t_start
+            state["epochs"].append(record)
+            log.info(
+                "epoch %d: loss %.4f%s (%.0fs)",
+                epoch + 1,
+                record["loss"],
+                f", valid {self.metric} {record['valid'][self.metric]:.4f}" if validate else "",
+                record["seconds"],
+            )
+            state.update(epoch=epoch + 1, step=0, loss_sum=0.0)
+            state["seconds"] = time.perf_counter() - t_start
+            self._save(state)
+        if validate and best_weights is not None:
+            self.model.load_state_dict(best_weights)
+        best_valid = {}
+        if validate and state["epochs"]:
+            best_valid = state["epochs"][state["best_epoch"]].get("valid", {})
+        self.model.eval()
+        return TrainResult(
+            self.model, state["epochs"], state["best_epoch"], best_valid, state["seconds"]
+        )
