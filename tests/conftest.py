@@ -19,3 +19,18 @@ def shared_data() -> Path:
             "repository); get it with `hirex data download` and link it there"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_set_data():
+    """A small seeded synthetic set dataset with its known answer (fast to train on)."""
+    from hirex.data.synthetic import SyntheticConfig, make_synthetic
+
+    return make_synthetic(SyntheticConfig(n_users=600, n_items=300, seed=3))
+
+
+@pytest.fixture(scope="session")
+def tiny_sequence_data():
+    from hirex.data.synthetic import SyntheticConfig, make_synthetic
+
+    return make_synthetic(SyntheticConfig(n_users=600, n_items=300, seed=4, kind="sequence"))

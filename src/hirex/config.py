@@ -56,8 +56,8 @@ class ModelConfig:
     dropout: float = 0.2
     scorer: Literal["dot", "mol"] = "dot"
     """dot: inner product; mol: mixture of logits over several embeddings per side, gated."""
-    mol_user_embs: int = 4
-    mol_item_embs: int = 4
+    mol_user_embs: int = 2
+    mol_item_embs: int = 2
     mol_gate_hidden: int = 64
     cosine: bool = True
     """L2-normalise embeddings and divide scores by ``temperature``."""

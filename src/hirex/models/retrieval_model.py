@@ -130,7 +130,7 @@ class RetrievalModel(nn.Module):
             model.load_state_dict(tensors, strict=True)
         except RuntimeError as err:
             raise ValueError(f"{path}: weights do not match the model config ({err})") from err
-        return model.to(device)
+        return model.to(device).eval()
 
 
 def read_safetensors(

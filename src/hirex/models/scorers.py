@@ -41,11 +41,8 @@ class MixtureOfLogits(nn.Module):
 
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         b, n = user.shape[0], item.shape[0]
-        # (B, N, P*Q) component logits: one matmul over the stacked embeddings.
-        logits = (user.reshape(b * self.p, -1) @ item.reshape(n * self.q, -1).T).view(
-            b, self.p, n, self.q
-        )
-        logits = logits.permute(0, 2, 1, 3).reshape(b, n, self.p * self.q)
+        # (B, N, P*Q) component logits.
+        logits = torch.einsum("bpd,nqd->bnpq", user, item).reshape(b, n, self.p * self.q)
         gate = (
             self.user_gate(user.reshape(b, -1))[:, None, :]
             + self.item_gate(item.reshape(n, -1))[None, :, :]

@@ -262,7 +262,7 @@ class _Loop:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                state["loss_sum"] += float(loss)
+                state["loss_sum"] += loss.item()
                 state["step"] = step + 1
                 done_here = step + 1 - first_step
                 bar.set_postfix(

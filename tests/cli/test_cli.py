@@ -1,0 +1,85 @@
+import json
+
+import pytest
+
+from hirex.cli.main import build_parser, main
+
+COMMANDS = ["demo", "train", "eval", "retrieve", "data"]
+SMALL = ["--data", "synthetic", "--quiet", "--set", "data.synthetic_users=400",
+         "--set", "data.synthetic_items=200", "--set", "train.epochs=2",
+         "--set", "train.num_negatives=64", "--set", "model.dim=16"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: hirex" in out and "--" in out
+
+
+def test_options_have_help_text():
+    parser = build_parser()
+    for action in parser._subparsers._group_actions[0].choices.values():
+        for opt in action._actions:
+            if not opt.option_strings:  # positional sub-command groups
+                continue
+            assert opt.help, f"{action.prog} {opt.option_strings} has no help"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", *SMALL, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_a_complete_run(trained_run, capsys):
+    report = json.loads((trained_run / "metrics.json").read_text())
+    assert report["format"] == "hirex-metrics" and 0 <= report["test"]["recall@20"] <= 1
+    for name in ("config.toml", "model.safetensors", "checkpoint.safetensors"):
+        assert (trained_run / name).exists()
+
+
+def test_eval_reproduces_train_metrics(trained_run, tmp_path):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--run", str(trained_run), "--output", str(out)]) == 0
+    report = json.loads((trained_run / "metrics.json").read_text())
+    assert json.loads(out.read_text())["recall@20"] == pytest.approx(report["test"]["recall@20"])
+
+
+def test_retrieve_json_and_csv(trained_run, tmp_path, capsys):
+    assert main(["retrieve", "--run", str(trained_run), "--users", "0,5", "--k", "7"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["user"] for r in rows] == [0, 5] and all(len(r["items"]) == 7 for r in rows)
+    assert all(r["scores"] == sorted(r["scores"], reverse=True) for r in rows)
+    out = tmp_path / "top.csv"
+    assert main(["retrieve", "--run", str(trained_run), "--users", "0", "--k", "3",
+                 "--format", "csv", "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "user,rank,item,score" and len(lines) == 4
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["retrieve", "--users", "99999"], "unknown user ids"),
+        (["retrieve", "--users", "abc"], "integers"),
+        (["retrieve", "--users", "1", "--k", "0"], "--k must be positive"),
+        (["eval", "--ks", "ten"], "comma-separated integers"),
+    ],
+)
+def test_bad_input_is_a_clear_error(trained_run, argv, message, capsys):
+    argv = [argv[0], "--run", str(trained_run), *argv[1:]]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_run_and_bad_config(tmp_path, capsys):
+    assert main(["eval", "--run", str(tmp_path / "nope")]) == 2
+    assert "not a finished hirex run" in capsys.readouterr().err
+    assert main(["train", "--set", "train.lrr=1", "--out", str(tmp_path / "x")]) == 2
+    assert "valid keys" in capsys.readouterr().err
+    assert main(["train", "--data", "nosuchdata", "--out", str(tmp_path / "y")]) == 2
+    assert "unknown dataset" in capsys.readouterr().err

@@ -1,0 +1,139 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hirex.config import ConfigError, RunConfig, apply_overrides
+from hirex.eval.protocols import evaluate, evaluate_ranker
+from hirex.models.baselines import Popularity
+from hirex.runs import prepare_run_dir
+from hirex.train.trainer import train_model
+
+FAST = ["train.epochs=4", "train.batch_size=256", "train.lr=0.005", "train.num_threads=1",
+        "model.dim=32", "train.num_negatives=128"]
+
+
+def _cfg(*extra: str) -> RunConfig:
+    return apply_overrides(RunConfig(), FAST + list(extra))
+
+
+def test_learns_far_better_than_popularity(tiny_set_data):
+    ds, _ = tiny_set_data
+    result = train_model(_cfg(), ds, progress=False)
+    model_recall = evaluate(result.model, ds, "test").metrics["recall@20"]
+    pop_recall = evaluate_ranker(Popularity(ds.train), ds, "test").metrics["recall@20"]
+    assert model_recall > 2 * pop_recall, (model_recall, pop_recall)
+    assert len(result.epochs) >= 1 and "recall@20" in result.best_valid
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ['train.loss="softmax"'],
+        ['train.loss="ccl"', "train.lr=0.01"],
+        ['model.scorer="mol"'],
+        ['train.negative_sampling="popularity"', "train.in_batch_negatives=false"],
+        ["train.history_dropout=0.2"],
+        ['model.user_encoder="none"', "train.epochs=8", "train.lr=0.02"],
+    ],
+)
+def test_every_loss_and_scorer_learns(tiny_set_data, extra):
+    ds, _ = tiny_set_data
+    result = train_model(_cfg("train.epochs=3", *extra), ds, progress=False)
+    pop = evaluate_ranker(Popularity(ds.train), ds, "test").metrics["recall@20"]
+    assert evaluate(result.model, ds, "test").metrics["recall@20"] > 1.5 * pop
+
+
+def test_sequence_model_learns_next_item(tiny_sequence_data):
+    ds, _ = tiny_sequence_data
+    cfg = _cfg('model.user_encoder="transformer"', "model.use_user_id=false",
+               "model.max_history=10", "train.epochs=4", 'train.loss="softmax"',
+               "train.batch_size=64")
+    result = train_model(cfg, ds, progress=False)
+    ev = evaluate(result.model, ds, "test")
+    pop = evaluate_ranker(Popularity(ds.train), ds, "test")
+    assert set(ev.metrics) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+    assert ev.metrics["ndcg@10"] > 1.5 * pop.metrics["ndcg@10"]
+
+
+def test_same_seed_same_model(tiny_set_data):
+    ds, _ = tiny_set_data
+    a = train_model(_cfg("train.epochs=2"), ds, progress=False)
+    b = train_model(_cfg("train.epochs=2"), ds, progress=False)
+    c = train_model(_cfg("train.epochs=2", "train.seed=1"), ds, progress=False)
+    for name, tensor in a.model.state_dict().items():
+        assert (tensor == b.model.state_dict()[name]).all(), name
+    assert a.best_valid == b.best_valid and a.best_valid != c.best_valid
+
+
+def test_refit_trains_on_train_plus_valid(tiny_set_data, tmp_path):
+    ds, _ = tiny_set_data
+    result = train_model(_cfg("train.epochs=2", "train.refit=true"), ds, tmp_path, progress=False)
+    # The validation phase's epochs, then best_epoch + 1 refit epochs without validation.
+    assert [("valid" in e) for e in result.epochs] == [True, True] + [False] * (
+        result.best_epoch + 1
+    )
+    assert (tmp_path / "checkpoint-refit.safetensors").exists()
+
+
+def test_checkpoint_of_another_config_is_refused(tiny_set_data, tmp_path):
+    ds, _ = tiny_set_data
+    prepare_run_dir(_cfg("train.epochs=1"), tmp_path, restart=False)
+    train_model(_cfg("train.epochs=1"), ds, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="another config"):
+        prepare_run_dir(_cfg("train.epochs=1", "train.lr=0.1"), tmp_path, restart=False)
+    with pytest.raises(ConfigError, match="another config"):
+        train_model(_cfg("train.epochs=1", "train.lr=0.1"), ds, tmp_path, progress=False)
+    prepare_run_dir(_cfg("train.epochs=1", "train.lr=0.1"), tmp_path, restart=True)
+
+
+def _train_cmd(out: Path) -> list[str]:
+    sets = FAST + ["train.epochs=3", "train.checkpoint_every=3", "data.synthetic_users=1500",
+                   "data.synthetic_items=400", "train.patience=5"]
+    cmd = [sys.executable, "-m", "hirex.cli.main", "train", "--data", "synthetic", "--quiet",
+           "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def _checkpoint_step(path: Path) -> int:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["state"])["step"]
+    except Exception:
+        return 0
+
+
+def test_kill_minus_nine_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_train_cmd(full), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = killed / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and _checkpoint_step(ckpt) > 0:  # a mid-epoch checkpoint exists
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed mid-epoch"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+    resumed = subprocess.run(_train_cmd(killed), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert a["test"] == b["test"] and a["valid"] == b["valid"]
+    assert [e["loss"] for e in a["epochs"]] == pytest.approx([e["loss"] for e in b["epochs"]])
+    assert np.isfinite(a["test"]["recall@20"])
