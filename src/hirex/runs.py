@@ -1,10 +1,10 @@
 """A run folder: the config, the trained model and its results, as ``hirex train`` writes them.
 
-    <run>/config.toml              the exact config (reloads the same data and model)
-    <run>/model.safetensors        the trained model (weights + model config)
-    <run>/checkpoint.safetensors   resumable training state
-    <run>/metrics.json             per-epoch validation, final test metrics, timings
-    <run>/user_ids.json, item_ids.json   original ids, when the data had them
+<run>/config.toml              the exact config (reloads the same data and model)
+<run>/model.safetensors        the trained model (weights + model config)
+<run>/checkpoint.safetensors   resumable training state
+<run>/metrics.json             per-epoch validation, final test metrics, timings
+<run>/user_ids.json, item_ids.json   original ids, when the data had them
 """
 
 from __future__ import annotations
@@ -54,8 +54,12 @@ def finish_run(
     """Evaluate the trained model on the test split and write metrics.json and the id maps."""
     out = Path(out)
     test = evaluate(
-        result.model, dataset, "test", eval_ks(cfg, dataset),
-        user_batch=cfg.eval.user_batch, item_chunk=cfg.eval.item_chunk,
+        result.model,
+        dataset,
+        "test",
+        eval_ks(cfg, dataset),
+        user_batch=cfg.eval.user_batch,
+        item_chunk=cfg.eval.item_chunk,
     )
     report = {
         "format": METRICS_FORMAT,
@@ -109,8 +113,12 @@ def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Pa
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if restart:
-        for name in ("checkpoint.safetensors", "checkpoint-refit.safetensors", MODEL,
-                     "metrics.json"):
+        for name in (
+            "checkpoint.safetensors",
+            "checkpoint-refit.safetensors",
+            MODEL,
+            "metrics.json",
+        ):
             (out / name).unlink(missing_ok=True)
     saved = out / "config.toml"
     if saved.exists() and (out / "checkpoint.safetensors").exists():

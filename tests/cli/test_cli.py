@@ -5,9 +5,21 @@ import pytest
 from hirex.cli.main import build_parser, main
 
 COMMANDS = ["demo", "train", "eval", "retrieve", "data"]
-SMALL = ["--data", "synthetic", "--quiet", "--set", "data.synthetic_users=400",
-         "--set", "data.synthetic_items=200", "--set", "train.epochs=2",
-         "--set", "train.num_negatives=64", "--set", "model.dim=16"]
+SMALL = [
+    "--data",
+    "synthetic",
+    "--quiet",
+    "--set",
+    "data.synthetic_users=400",
+    "--set",
+    "data.synthetic_items=200",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "train.num_negatives=64",
+    "--set",
+    "model.dim=16",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -55,8 +67,24 @@ def test_retrieve_json_and_csv(trained_run, tmp_path, capsys):
     assert [r["user"] for r in rows] == [0, 5] and all(len(r["items"]) == 7 for r in rows)
     assert all(r["scores"] == sorted(r["scores"], reverse=True) for r in rows)
     out = tmp_path / "top.csv"
-    assert main(["retrieve", "--run", str(trained_run), "--users", "0", "--k", "3",
-                 "--format", "csv", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "retrieve",
+                "--run",
+                str(trained_run),
+                "--users",
+                "0",
+                "--k",
+                "3",
+                "--format",
+                "csv",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     lines = out.read_text().splitlines()
     assert lines[0] == "user,rank,item,score" and len(lines) == 4
 

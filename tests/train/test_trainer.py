@@ -15,8 +15,14 @@ from hirex.models.baselines import Popularity
 from hirex.runs import prepare_run_dir
 from hirex.train.trainer import train_model
 
-FAST = ["train.epochs=4", "train.batch_size=256", "train.lr=0.005", "train.num_threads=1",
-        "model.dim=32", "train.num_negatives=128"]
+FAST = [
+    "train.epochs=4",
+    "train.batch_size=256",
+    "train.lr=0.005",
+    "train.num_threads=1",
+    "model.dim=32",
+    "train.num_negatives=128",
+]
 
 
 def _cfg(*extra: str) -> RunConfig:
@@ -52,9 +58,14 @@ def test_every_loss_and_scorer_learns(tiny_set_data, extra):
 
 def test_sequence_model_learns_next_item(tiny_sequence_data):
     ds, _ = tiny_sequence_data
-    cfg = _cfg('model.user_encoder="transformer"', "model.use_user_id=false",
-               "model.max_history=10", "train.epochs=4", 'train.loss="softmax"',
-               "train.batch_size=64")
+    cfg = _cfg(
+        'model.user_encoder="transformer"',
+        "model.use_user_id=false",
+        "model.max_history=10",
+        "train.epochs=4",
+        'train.loss="softmax"',
+        "train.batch_size=64",
+    )
     result = train_model(cfg, ds, progress=False)
     ev = evaluate(result.model, ds, "test")
     pop = evaluate_ranker(Popularity(ds.train), ds, "test")
@@ -94,10 +105,24 @@ def test_checkpoint_of_another_config_is_refused(tiny_set_data, tmp_path):
 
 
 def _train_cmd(out: Path) -> list[str]:
-    sets = FAST + ["train.epochs=3", "train.checkpoint_every=3", "data.synthetic_users=1500",
-                   "data.synthetic_items=400", "train.patience=5"]
-    cmd = [sys.executable, "-m", "hirex.cli.main", "train", "--data", "synthetic", "--quiet",
-           "--out", str(out)]
+    sets = FAST + [
+        "train.epochs=3",
+        "train.checkpoint_every=3",
+        "data.synthetic_users=1500",
+        "data.synthetic_items=400",
+        "train.patience=5",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hirex.cli.main",
+        "train",
+        "--data",
+        "synthetic",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     for s in sets:
         cmd += ["--set", s]
     return cmd
@@ -117,8 +142,9 @@ def test_kill_minus_nine_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(_train_cmd(full), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_train_cmd(killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpt = killed / "checkpoint.safetensors"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:

@@ -9,21 +9,28 @@ from hirex.config import RunConfig, apply_overrides, load_config
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", metavar="FILE",
+        "--config",
+        metavar="FILE",
         help="TOML or JSON config with [data], [model], [train], [eval] sections "
         "(default: built-in defaults; see configs/ for examples)",
     )
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override one config value, e.g. --set train.lr=0.002 (repeatable)",
     )
     p.add_argument(
-        "--data", metavar="NAME_OR_PATH",
+        "--data",
+        metavar="NAME_OR_PATH",
         help="dataset: synthetic, gowalla, beauty, sports, a LightGCN folder or a CSV/Parquet "
         "table (default: the config's data.name, synthetic)",
     )
     p.add_argument(
-        "--data-dir", metavar="DIR",
+        "--data-dir",
+        metavar="DIR",
         help="folder holding named datasets (default: $HIREX_DATA, else ~/.cache/hirex/data)",
     )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's, auto)")

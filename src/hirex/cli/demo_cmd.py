@@ -18,11 +18,13 @@ from hirex.runs import finish_run, prepare_run_dir
 from hirex.train.trainer import train_model
 
 DEMO_OVERRIDES = [
-    "data.name=\"synthetic\"",
+    'data.name="synthetic"',
     "data.synthetic_users=5000",
     "data.synthetic_items=2000",
-    "train.epochs=8",
+    "train.epochs=6",
+    "train.patience=2",
     "train.batch_size=1024",
+    "train.num_negatives=256",
     "train.lr=0.003",
 ]
 
@@ -50,8 +52,12 @@ def run(args: argparse.Namespace) -> int:
         overrides += ["data.synthetic_users=1000", "data.synthetic_items=500", "train.epochs=3"]
     cfg = apply_overrides(RunConfig(), overrides)
     dataset, truth = make_synthetic(
-        SyntheticConfig(n_users=cfg.data.synthetic_users, n_items=cfg.data.synthetic_items,
-                        valid_per_user=cfg.data.valid_per_user, seed=cfg.data.seed)
+        SyntheticConfig(
+            n_users=cfg.data.synthetic_users,
+            n_items=cfg.data.synthetic_items,
+            valid_per_user=cfg.data.valid_per_user,
+            seed=cfg.data.seed,
+        )
     )
     print(f"1. data: {dataset.summary()}")
     pop = evaluate_ranker(Popularity(dataset.train), dataset, "test")
@@ -66,12 +72,16 @@ def run(args: argparse.Namespace) -> int:
     for step, scorer in ((2, "dot"), (3, "mol")):
         run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scorer=scorer))
         out = prepare_run_dir(run_cfg, f"{args.out}/{scorer}", restart=True)
-        print(f"{step}. train: pooled-history user tower, {scorer} scorer, "
-              f"{run_cfg.train.loss} loss -> {out}/")
+        print(
+            f"{step}. train: pooled-history user tower, {scorer} scorer, "
+            f"{run_cfg.train.loss} loss -> {out}/"
+        )
         result = train_model(run_cfg, dataset, out, progress=not args.quiet)
         report = finish_run(run_cfg, dataset, result, out)
-        print(f"   {len(result.epochs)} epochs in {result.train_seconds:.0f}s; exhaustive "
-              f"scoring {report['exhaustive_users_per_second']:,.0f} users/s")
+        print(
+            f"   {len(result.epochs)} epochs in {result.train_seconds:.0f}s; exhaustive "
+            f"scoring {report['exhaustive_users_per_second']:,.0f} users/s"
+        )
         print_metrics("   test", report["test"])
         results[scorer] = result
     model = results["mol"].model
@@ -81,13 +91,17 @@ def run(args: argparse.Namespace) -> int:
     ids = top.ids[0].numpy()
     liked = set(truth.user_interests[user].tolist())
     share = np.mean([truth.item_subtopic[i] in liked for i in ids])
-    print(f"4. user {user}: generated from subtopics {sorted(liked)}; "
-          f"top-10 items' subtopics {truth.item_subtopic[ids].tolist()} "
-          f"({share:.0%} inside the user's interests)")
+    print(
+        f"4. user {user}: generated from subtopics {sorted(liked)}; "
+        f"top-10 items' subtopics {truth.item_subtopic[ids].tolist()} "
+        f"({share:.0%} inside the user's interests)"
+    )
     ev = evaluate(model, dataset, "test")
     gain = ev.metrics["recall@20"] / max(pop.metrics["recall@20"], 1e-9)
-    print(f"done in {time.perf_counter() - t0:.0f}s: mixture-of-logits recall@20 "
-          f"{ev.metrics['recall@20']:.4f}, {gain:.1f}x the popularity baseline, "
-          f"{ev.metrics['recall@20'] / best.metrics['recall@20']:.0%} of the oracle. "
-          f"Next: `hirex train --data gowalla`, `hirex eval --run {args.out}/mol`.")
+    print(
+        f"done in {time.perf_counter() - t0:.0f}s: mixture-of-logits recall@20 "
+        f"{ev.metrics['recall@20']:.4f}, {gain:.1f}x the popularity baseline, "
+        f"{ev.metrics['recall@20'] / best.metrics['recall@20']:.0%} of the oracle. "
+        f"Next: `hirex train --data gowalla`, `hirex eval --run {args.out}/mol`."
+    )
     return 0

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="run folder written by `hirex train`")
     p.add_argument("--split", choices=["valid", "test"], default="test", help="default: test")
     p.add_argument(
-        "--ks", help="comma-separated cut-offs (default: the protocol's: 20, or 5,10 for "
-        "sequences)",
+        "--ks",
+        help="comma-separated cut-offs (default: the protocol's: 20, or 5,10 for sequences)",
     )
     p.add_argument("--max-users", type=int, help="evaluate an evenly spaced subset of users")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
@@ -34,11 +34,19 @@ def run(args: argparse.Namespace) -> int:
     r = load_run(args.run, args.device)
     ks = _parse_ks(args.ks) if args.ks else eval_ks(r.config, r.dataset)
     ev = evaluate(
-        r.model, r.dataset, args.split, ks, user_batch=r.config.eval.user_batch,
-        item_chunk=r.config.eval.item_chunk, max_users=args.max_users, progress=True,
+        r.model,
+        r.dataset,
+        args.split,
+        ks,
+        user_batch=r.config.eval.user_batch,
+        item_chunk=r.config.eval.item_chunk,
+        max_users=args.max_users,
+        progress=True,
     )
-    print(f"{r.dataset.summary()}\n{ev.n_users:,} users in {ev.seconds:.1f}s "
-          f"({ev.users_per_second:,.0f} users/s)")
+    print(
+        f"{r.dataset.summary()}\n{ev.n_users:,} users in {ev.seconds:.1f}s "
+        f"({ev.users_per_second:,.0f} users/s)"
+    )
     print_metrics(args.split, ev.metrics)
     if args.output:
         atomic_write_json(args.output, {"split": args.split, "users": ev.n_users, **ev.metrics})
@@ -53,5 +61,3 @@ def _parse_ks(text: str) -> tuple[int, ...]:
     if min(ks) <= 0:
         raise ValueError(f"--ks {text!r}: cut-offs must be positive")
     return ks
-
-

@@ -31,12 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--all-users", action="store_true", help="every user of the dataset")
     p.add_argument("--k", type=int, default=20, help="items per user (default: 20)")
     p.add_argument(
-        "--format", choices=["json", "csv"], default="json",
+        "--format",
+        choices=["json", "csv"],
+        default="json",
         help="json: one object per user; csv: user,rank,item,score rows (default: json)",
     )
     p.add_argument("--output", help="write here instead of standard output")
     p.add_argument(
-        "--keep-seen", action="store_true",
+        "--keep-seen",
+        action="store_true",
         help="do not mask items the user already interacted with",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
@@ -51,25 +54,29 @@ def run(args: argparse.Namespace) -> int:
     if args.all_users:
         dense = np.arange(ds.n_users)
     else:
-        raw = (
-            args.users.split(",") if args.users
-            else Path(args.users_file).read_text().split()
-        )
+        raw = args.users.split(",") if args.users else Path(args.users_file).read_text().split()
         raw = [x.strip() for x in raw if x.strip()]
         if not raw:
             raise ValueError("no user ids given")
         dense = _to_dense(raw, ds.user_ids, ds.n_users)
     history = ds.history("test")
     top = exhaustive_topk(
-        r.model, dense, history, args.k, exclude=None if args.keep_seen else history,
-        user_batch=r.config.eval.user_batch, item_chunk=r.config.eval.item_chunk,
+        r.model,
+        dense,
+        history,
+        args.k,
+        exclude=None if args.keep_seen else history,
+        user_batch=r.config.eval.user_batch,
+        item_chunk=r.config.eval.item_chunk,
     )
     users_out = ds.user_ids.to_raw(dense) if ds.user_ids is not None else dense.tolist()
     rows = []
     for u, ids, scores in zip(users_out, top.ids.numpy(), top.scores.numpy(), strict=True):
         keep = ids >= 0
         items = ds.item_ids.to_raw(ids[keep]) if ds.item_ids is not None else ids[keep].tolist()
-        rows.append({"user": u, "items": items, "scores": [round(float(s), 5) for s in scores[keep]]})
+        rows.append(
+            {"user": u, "items": items, "scores": [round(float(s), 5) for s in scores[keep]]}
+        )
     text = _format(rows, args.format)
     if args.output:
         atomic_write_text(args.output, text)

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_options(p)
     p.add_argument("--out", default=None, help="run folder (default: runs/<dataset name>)")
     p.add_argument(
-        "--restart", action="store_true",
+        "--restart",
+        action="store_true",
         help="discard an existing checkpoint in --out instead of resuming from it",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -36,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     out_dir = prepare_run_dir(cfg, out, args.restart)
     result = train_model(cfg, dataset, out_dir, progress=not args.quiet)
     report = finish_run(cfg, dataset, result, out_dir)
-    print(f"trained {len(result.epochs)} epochs in {result.train_seconds:.0f}s, "
-          f"best epoch {result.best_epoch + 1}")
+    print(
+        f"trained {len(result.epochs)} epochs in {result.train_seconds:.0f}s, "
+        f"best epoch {result.best_epoch + 1}"
+    )
     print_metrics("valid", report["valid"])
     print_metrics("test ", report["test"])
     print(f"run written to {out_dir}/")

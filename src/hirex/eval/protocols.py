@@ -87,8 +87,15 @@ def evaluate(
 
     def ranker(users: np.ndarray, history: Interactions, k: int) -> np.ndarray:
         top = exhaustive_topk(
-            model, users, history, k, exclude=history, items=items,
-            user_batch=user_batch, item_chunk=item_chunk, progress=progress,
+            model,
+            users,
+            history,
+            k,
+            exclude=history,
+            items=items,
+            user_batch=user_batch,
+            item_chunk=item_chunk,
+            progress=progress,
         )
         return top.ids.numpy()
 

@@ -40,15 +40,19 @@ class MixtureOfLogits(nn.Module):
         self.logit_gate = nn.Linear(p * q, p * q)
 
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        b, n = user.shape[0], item.shape[0]
-        # (B, N, P*Q) component logits.
-        logits = torch.einsum("bpd,nqd->bnpq", user, item).reshape(b, n, self.p * self.q)
-        gate = (
-            self.user_gate(user.reshape(b, -1))[:, None, :]
-            + self.item_gate(item.reshape(n, -1))[None, :, :]
-            + self.logit_gate(logits)
+        b, n, pq = user.shape[0], item.shape[0], self.p * self.q
+        # Component logits laid out (P*Q, B, N): every later step is a GEMM or an elementwise op
+        # over contiguous (B, N) planes (a softmax over a last dim of size 4 is slow on CPU).
+        logits = torch.matmul(user.transpose(0, 1)[:, None], item.transpose(0, 1)[None].mT)
+        logits = logits.reshape(pq, b, n)
+        w = self.logit_gate.weight
+        gate = (w @ logits.reshape(pq, b * n)).view(pq, b, n)
+        side = (
+            self.user_gate(user.reshape(b, -1)).T[:, :, None]
+            + self.item_gate(item.reshape(n, -1)).T[:, None, :]
         )
-        return (torch.softmax(gate, dim=-1) * logits).sum(-1)
+        gate = gate + side + self.logit_gate.bias[:, None, None]
+        return (torch.softmax(gate, dim=0) * logits).sum(0)
 
     def extra_repr(self) -> str:
         return f"mixture of {self.p}x{self.q} logits"
