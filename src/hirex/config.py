@@ -54,6 +54,10 @@ class ModelConfig:
     n_layers: int = 2
     n_heads: int = 1
     dropout: float = 0.2
+    share_item_embedding: bool = False
+    """Transformer only: its input item embeddings are the item tower's (SASRec weight tying)."""
+    init_std: float = 0.0
+    """Std of the normal init of embeddings (and transformer weights); 0: 1/sqrt(dim)."""
     scorer: Literal["dot", "mol"] = "dot"
     """dot: inner product; mol: mixture of logits over several embeddings per side, gated."""
     mol_user_embs: int = 2
@@ -83,6 +87,7 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 1e-3
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999
     history_dropout: float = 0.0
     epochs: int = 20
     patience: int = 3
@@ -197,6 +202,10 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError("model.temperature must be positive")
     if not 0 <= cfg.model.dropout < 1 or not 0 <= cfg.train.history_dropout < 1:
         raise ConfigError("dropout rates must lie in [0, 1)")
+    if cfg.model.init_std < 0:
+        raise ConfigError("model.init_std must be >= 0 (0 picks 1/sqrt(dim))")
+    if not 0 < cfg.train.adam_beta2 < 1:
+        raise ConfigError("train.adam_beta2 must lie in (0, 1)")
     if cfg.train.lr <= 0:
         raise ConfigError("train.lr must be positive")
     if cfg.train.num_negatives < 0:

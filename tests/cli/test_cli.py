@@ -111,3 +111,39 @@ def test_missing_run_and_bad_config(tmp_path, capsys):
     assert "valid keys" in capsys.readouterr().err
     assert main(["train", "--data", "nosuchdata", "--out", str(tmp_path / "y")]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_table_with_string_ids_round_trips_to_original_ids(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = ["user,item"]
+    for u in range(60):
+        group = u % 3
+        for i in rng.choice(10, 6, replace=False):
+            rows.append(f"u-{u},item-{group}-{i}")
+    table = tmp_path / "log.csv"
+    table.write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    argv = [
+        "train",
+        "--data",
+        str(table),
+        "--quiet",
+        "--out",
+        str(run),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "model.dim=8",
+        "--set",
+        "train.num_negatives=8",
+    ]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["retrieve", "--run", str(run), "--users", "u-4,u-5", "--k", "3"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["user"] for r in out] == ["u-4", "u-5"]
+    assert all(item.startswith("item-") for r in out for item in r["items"])
+    assert main(["retrieve", "--run", str(run), "--users", "nobody"]) == 2
+    assert "nobody" in capsys.readouterr().err

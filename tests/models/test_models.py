@@ -121,3 +121,35 @@ def test_unseen_user_is_encoded_from_history():
 def test_item_text_requires_text():
     with pytest.raises(ValueError, match="no item text"):
         RetrievalModel(ModelConfig(item_text=True), 2, 10, None)
+
+
+def test_transformer_output_does_not_depend_on_batch_padding():
+    # The newest item must get the same position whatever the longest history in the batch.
+    m = _model(ModelConfig(dim=16, user_encoder="transformer", use_user_id=False, max_history=8))
+    alone = UserBatch.from_interactions(HISTORY, np.array([0]))
+    mixed = UserBatch.from_interactions(HISTORY, np.array([3, 0]))
+    with torch.no_grad():
+        assert torch.allclose(m.encode_users(alone)[0], m.encode_users(mixed)[1], atol=1e-5)
+
+
+def test_shared_item_embedding_round_trip(tmp_path):
+    cfg = ModelConfig(
+        dim=16,
+        user_encoder="transformer",
+        use_user_id=False,
+        share_item_embedding=True,
+        init_std=0.02,
+    )
+    m = _model(cfg)
+    assert m.user_tower.history._item_weight() is m.item_tower.id_emb.weight
+    m.save(tmp_path / "m.safetensors")
+    m2 = RetrievalModel.load(tmp_path / "m.safetensors")
+    assert m2.user_tower.history._item_weight() is m2.item_tower.id_emb.weight
+    batch = UserBatch.from_interactions(HISTORY, np.arange(4))
+    with torch.no_grad():
+        assert torch.equal(
+            m.score(m.encode_users(batch), m.encode_items()),
+            m2.score(m2.encode_users(batch), m2.encode_items()),
+        )
+    with pytest.raises(ValueError, match="share_item_embedding"):
+        RetrievalModel(ModelConfig(dim=16, share_item_embedding=True), 4, 10)

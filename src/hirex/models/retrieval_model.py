@@ -40,6 +40,19 @@ class RetrievalModel(nn.Module):
             )
         self.cfg, self.n_users, self.n_items = cfg, n_users, n_items
         p, q = (cfg.mol_user_embs, cfg.mol_item_embs) if cfg.scorer == "mol" else (1, 1)
+        self.item_tower = ItemTower(
+            n_items,
+            cfg.dim,
+            q,
+            item_text if cfg.item_text else None,
+            cfg.text_buckets,
+            init_std=cfg.init_std,
+        )
+        if cfg.share_item_embedding and (cfg.user_encoder != "transformer" or q != 1):
+            raise ConfigError(
+                "model.share_item_embedding ties the transformer's input embeddings to the "
+                "item tower: it needs model.user_encoder = 'transformer' and the dot scorer"
+            )
         self.user_tower = UserTower(
             n_users,
             n_items,
@@ -52,9 +65,8 @@ class RetrievalModel(nn.Module):
             n_layers=cfg.n_layers,
             n_heads=cfg.n_heads,
             dropout=cfg.dropout,
-        )
-        self.item_tower = ItemTower(
-            n_items, cfg.dim, q, item_text if cfg.item_text else None, cfg.text_buckets
+            shared_items=self.item_tower.id_emb if cfg.share_item_embedding else None,
+            init_std=cfg.init_std,
         )
         if cfg.scorer == "dot":
             self.scorer: nn.Module = DotScorer()

@@ -37,11 +37,12 @@ class ItemTower(nn.Module):
         n_embs: int = 1,
         text: list[str] | None = None,
         text_buckets: int = 65536,
+        init_std: float = 0.0,
     ) -> None:
         super().__init__()
         self.n_items, self.dim, self.n_embs = n_items, dim, n_embs
         self.id_emb = nn.Embedding(n_items, n_embs * dim)
-        nn.init.normal_(self.id_emb.weight, std=1.0 / math.sqrt(dim))
+        nn.init.normal_(self.id_emb.weight, std=init_std or 1.0 / math.sqrt(dim))
         self.text_emb: nn.EmbeddingBag | None = None
         if text is not None:
             if len(text) != n_items:
@@ -72,11 +73,11 @@ class ItemTower(nn.Module):
 class PooledHistory(nn.Module):
     """Order-free history encoder: sum of history embeddings / |history| ** exponent."""
 
-    def __init__(self, n_items: int, dim: int, exponent: float) -> None:
+    def __init__(self, n_items: int, dim: int, exponent: float, init_std: float = 0.0) -> None:
         super().__init__()
         self.exponent = exponent
         self.emb = nn.Embedding(n_items, dim)
-        nn.init.normal_(self.emb.weight, std=1.0 / math.sqrt(dim))
+        nn.init.normal_(self.emb.weight, std=init_std or 1.0 / math.sqrt(dim))
 
     def forward(self, batch: UserBatch) -> torch.Tensor:
         """-> (B, D)"""
@@ -89,20 +90,36 @@ class PooledHistory(nn.Module):
 class CausalTransformer(nn.Module):
     """SASRec-style causal transformer over the most recent ``max_len`` history items.
 
-    Kang and McAuley, "Self-Attentive Sequential Recommendation" (ICDM 2018).
+    Kang and McAuley, "Self-Attentive Sequential Recommendation" (ICDM 2018). Histories are
+    left-padded and positions counted from the right, so the newest item always has the same
+    position embedding whatever the batch's length. Real items never attend to padding, so a
+    user's embedding does not depend on the other histories in its batch; a padding position
+    attends only to itself (a query with no key at all would produce NaN).
     """
 
     def __init__(
-        self, n_items: int, dim: int, max_len: int, n_layers: int, n_heads: int, dropout: float
+        self,
+        n_items: int,
+        dim: int,
+        max_len: int,
+        n_layers: int,
+        n_heads: int,
+        dropout: float,
+        *,
+        shared_items: nn.Embedding | None = None,
+        init_std: float = 0.0,
     ) -> None:
         super().__init__()
         self.max_len, self.pad = max_len, n_items
-        self.emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
-        nn.init.normal_(self.emb.weight, std=1.0 / math.sqrt(dim))
-        with torch.no_grad():
-            self.emb.weight[n_items].zero_()
+        std = init_std or 1.0 / math.sqrt(dim)
+        # With ``shared_items`` the inputs are the item tower's embeddings (SASRec's weight
+        # tying); it is held in a tuple so that it is not registered (and saved) twice.
+        self._shared = (shared_items,) if shared_items is not None else None
+        self.emb = None if shared_items is not None else nn.Embedding(n_items, dim)
+        if self.emb is not None:
+            nn.init.normal_(self.emb.weight, std=std)
         self.pos = nn.Embedding(max_len, dim)
-        nn.init.normal_(self.pos.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=init_std or 0.02)
         layer = nn.TransformerEncoderLayer(
             dim,
             n_heads,
@@ -113,22 +130,34 @@ class CausalTransformer(nn.Module):
             norm_first=True,
         )
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        if init_std:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=init_std)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
+        self.dim = dim
+
+    def _item_weight(self) -> torch.Tensor:
+        return self._shared[0].weight if self._shared is not None else self.emb.weight
 
     def forward_positions(self, seq: torch.Tensor) -> torch.Tensor:
         """seq: (B, T) item ids left-padded with ``pad`` -> (B, T, D) state after each item."""
         t = seq.shape[1]
-        x = self.emb(seq) * math.sqrt(self.emb.embedding_dim)
-        x = x + self.pos(torch.arange(t, device=seq.device))[None]
+        if t > self.max_len:
+            seq, t = seq[:, -self.max_len :], self.max_len
+        real = (seq != self.pad)[..., None]
+        x = F.embedding(seq.clamp(max=self.pad - 1), self._item_weight()) * real
+        x = x * math.sqrt(self.dim)
+        x = x + self.pos.weight[self.max_len - t :][None]
         x = self.dropout(x)
-        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=seq.device), diagonal=1)
-        pad_mask = seq == self.pad
-        # The newest position is never masked: an empty history then reads the zero pad
-        # embedding instead of attending over nothing (which would give NaN).
-        pad_mask[:, -1] = False
-        x = self.encoder(x, mask=causal, src_key_padding_mask=pad_mask)
-        return self.norm(x)
+        future = torch.triu(torch.ones(t, t, dtype=torch.bool, device=seq.device), diagonal=1)
+        eye = torch.eye(t, dtype=torch.bool, device=seq.device)
+        blocked = future[None] | (~real[..., 0][:, None, :] & ~eye[None])  # (B, T, T)
+        heads = self.encoder.layers[0].self_attn.num_heads
+        return self.norm(self.encoder(x, mask=blocked.repeat_interleave(heads, dim=0)))
 
     def forward(self, batch: UserBatch) -> torch.Tensor:
         """-> (B, D) state after the most recent item."""
@@ -156,17 +185,28 @@ class UserTower(nn.Module):
         n_layers: int = 2,
         n_heads: int = 1,
         dropout: float = 0.2,
+        shared_items: nn.Embedding | None = None,
+        init_std: float = 0.0,
     ) -> None:
         super().__init__()
         self.dim, self.n_embs = dim, n_embs
         self.id_emb = nn.Embedding(n_users, n_embs * dim) if use_user_id else None
         if self.id_emb is not None:
-            nn.init.normal_(self.id_emb.weight, std=1.0 / math.sqrt(dim))
+            nn.init.normal_(self.id_emb.weight, std=init_std or 1.0 / math.sqrt(dim))
         self.history: nn.Module | None
         if encoder == "pooling":
-            self.history = PooledHistory(n_items, dim, pooling_exponent)
+            self.history = PooledHistory(n_items, dim, pooling_exponent, init_std)
         elif encoder == "transformer":
-            self.history = CausalTransformer(n_items, dim, max_len, n_layers, n_heads, dropout)
+            self.history = CausalTransformer(
+                n_items,
+                dim,
+                max_len,
+                n_layers,
+                n_heads,
+                dropout,
+                shared_items=shared_items,
+                init_std=init_std,
+            )
         elif encoder == "none":
             self.history = None
         else:

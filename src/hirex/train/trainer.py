@@ -126,7 +126,10 @@ class _Loop:
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg, dataset).to(device)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
+            self.model.parameters(),
+            lr=tc.lr,
+            weight_decay=tc.weight_decay,
+            betas=(0.9, tc.adam_beta2),
         )
         if self.model.sequential:
             self.batches: PairBatches | SequenceBatches = SequenceBatches(

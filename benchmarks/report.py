@@ -1,0 +1,76 @@
+"""Rebuild the results table in benchmarks/README.md from benchmarks/results/*.json.
+
+python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+COLUMNS = {
+    "gowalla": ["recall@20", "ndcg@20"],
+    "beauty": ["recall@5", "recall@10", "ndcg@5", "ndcg@10"],
+}
+
+
+def table(name: str, result: dict) -> str:
+    cols = COLUMNS[name]
+    lines = [
+        f"### {name}",
+        "",
+        f"{result['dataset']}. Protocol: {result['protocol']}.",
+        "",
+        "| system | " + " | ".join(cols) + " | notes |",
+        "| --- | " + " | ".join("---" for _ in cols) + " | --- |",
+    ]
+    scorer = result["config"]["model"]["scorer"]
+    note = f"trained {result['train_seconds'] / 60:.1f} min, best epoch {result['best_epoch']}"
+    lines.append(
+        f"| **hirex** ({scorer}) | "
+        + " | ".join(f"**{result[c]:.4f}**" for c in cols)
+        + f" | {note} |"
+    )
+    for base, metrics in result["baselines"].items():
+        secs = f"{metrics['seconds']:.0f} s" if "seconds" in metrics else ""
+        lines.append(
+            f"| {base} | " + " | ".join(f"{metrics[c]:.4f}" for c in cols) + f" | {secs} |"
+        )
+    lines.append(
+        "| target | "
+        + " | ".join(
+            f"{result['targets'].get(c, float('nan')):.4f}" if c in result["targets"] else ""
+            for c in cols
+        )
+        + " | |"
+    )
+    m = result["machine"]
+    tput = ", ".join(f"{k}: {v:,.0f}" for k, v in result["exhaustive_users_per_second"].items())
+    lines += [
+        "",
+        f"Exhaustive scoring, users/s: {tput}.",
+        f"Command: `{result['command']}`. Machine: {m['cores']} cores, {m['cpu_model']}, "
+        f"torch {m['torch']} ({m['torch_threads']} threads).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parts = []
+    for name in COLUMNS:
+        path = HERE / "results" / f"{name}.json"
+        if path.exists():
+            parts.append(table(name, json.loads(path.read_text())))
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + BEGIN + "\n" + "\n".join(parts) + END + tail)
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()
