@@ -99,6 +99,18 @@ class Interactions:
     def user_items(self, user: int) -> np.ndarray:
         return self.items[self.indptr[user] : self.indptr[user + 1]]
 
+    def gather(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The items of ``users`` flattened: (rows, items), each (n,) int64, where rows[j] is
+        the position in ``users`` that items[j] belongs to.  Vectorised, no loop over users."""
+        users = np.asarray(users, dtype=np.int64)
+        starts = self.indptr[users]
+        lengths = self.indptr[users + 1] - starts
+        rows = np.repeat(np.arange(len(users), dtype=np.int64), lengths)
+        within = np.arange(len(rows), dtype=np.int64) - np.repeat(
+            np.cumsum(lengths) - lengths, lengths
+        )
+        return rows, self.items[np.repeat(starts, lengths) + within]
+
     def users(self) -> np.ndarray:
         """(nnz,) int64 user id of every entry."""
         return np.repeat(np.arange(self.n_users, dtype=np.int64), self.lengths())

@@ -220,15 +220,10 @@ def _first_hits(
     n_items = targets.n_items
 
     # Targets of this batch as sorted unique int64 keys row * n_items + item.
-    starts = targets.indptr[users]
-    lengths = targets.indptr[users + 1] - starts
-    total = int(lengths.sum())
-    if total == 0:
+    row_of, target_items = targets.gather(users)
+    if len(row_of) == 0:
         return np.zeros((n_rows, width), dtype=bool), np.zeros(n_rows, dtype=np.int64)
     rows = np.arange(n_rows, dtype=np.int64)
-    row_of = np.repeat(rows, lengths)
-    offset = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    target_items = targets.items[np.repeat(starts, lengths) + offset]
     target_keys = np.sort(row_of * n_items + target_items)
     target_keys = target_keys[_first_of_runs(target_keys)]  # sorted, deduplicated
     n_targets = np.bincount(target_keys // n_items, minlength=n_rows).astype(np.int64)

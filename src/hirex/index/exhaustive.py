@@ -125,11 +125,9 @@ def _exclusions(
     """(row, item) pairs to mask for a block of rows, as two int64 arrays."""
     rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     if exclude is not None and users is not None:
-        starts, ends = exclude.indptr[users], exclude.indptr[users + 1]
-        lengths = ends - starts
-        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        rows.append(np.repeat(np.arange(n_rows), lengths))
-        cols.append(exclude.items[np.repeat(starts, lengths) + within])
+        r, c = exclude.gather(users)
+        rows.append(r)
+        cols.append(c)
     if extra is not None:
         for r, ids in enumerate(extra):
             ids = np.asarray(ids, dtype=np.int64)

@@ -15,11 +15,8 @@ from hirex.data.interactions import Interactions
 
 def mask_and_topk(scores: np.ndarray, users: np.ndarray, history: Interactions, k: int):
     """scores: (U, N) float, modified in place: history items -inf, then top k ids."""
-    lengths = history.lengths()[users]
-    rows = np.repeat(np.arange(len(users)), lengths)
-    starts = history.indptr[users]
-    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    scores[rows, history.items[np.repeat(starts, lengths) + within]] = -np.inf
+    rows, items = history.gather(users)
+    scores[rows, items] = -np.inf
     t = torch.from_numpy(scores)
     top, ids = torch.topk(t, min(k, t.shape[1]), dim=1)
     ids = ids.numpy().astype(np.int64)

@@ -53,11 +53,7 @@ class PairBatches:
         order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         idx = order[step * self.batch_size : (step + 1) * self.batch_size]
         users, pos = self.pair_users[idx], self.pair_items[idx]
-        starts, ends = self.train.indptr[users], self.train.indptr[users + 1]
-        lengths = ends - starts
-        rows = np.repeat(np.arange(len(users)), lengths)
-        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        flat = self.train.items[np.repeat(starts, lengths) + within]
+        rows, flat = self.train.gather(users)
         # The positive is not part of its own input: serving never sees the target either.
         keep = flat != pos[rows]
         if self.history_dropout > 0:
