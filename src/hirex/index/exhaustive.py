@@ -70,7 +70,9 @@ def exhaustive_topk(
     max_len = model.cfg.max_history if model.sequential else None
     out_scores, out_ids = [], []
     starts = range(0, n_users, user_batch)
-    bar = tqdm(starts, desc="scoring", unit="batch", disable=not progress, leave=False)
+    bar = tqdm(
+        starts, desc="scoring", unit="batch", disable=None if progress else True, leave=False
+    )
     t0 = time.perf_counter()
     for start in bar:
         stop = min(start + user_batch, n_users)

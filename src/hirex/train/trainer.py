@@ -251,7 +251,7 @@ class _Loop:
                 total=steps,
                 desc=f"epoch {epoch + 1}/{tc.epochs}",
                 unit="batch",
-                disable=not self.progress,
+                disable=None if self.progress else True,  # None: off when not a terminal
                 leave=False,
             )
             t_epoch, first_step = time.perf_counter(), state["step"]
