@@ -60,6 +60,10 @@ class ModelConfig:
     """Std of the normal init of embeddings (and transformer weights); 0: 1/sqrt(dim)."""
     scorer: Literal["dot", "mol"] = "dot"
     """dot: inner product; mol: mixture of logits over several embeddings per side, gated."""
+    history_projection: bool = False
+    """A linear layer (identity at init) on the pooled history before it joins the user id."""
+    user_init_std: float = -1.0
+    """Std of the user id embeddings' init; negative: the same as ``init_std``."""
     mol_user_embs: int = 2
     mol_item_embs: int = 2
     mol_gate_hidden: int = 64
@@ -78,6 +82,14 @@ class TrainConfig:
     loss: Literal["softmax", "sampled_softmax", "ccl"] = "sampled_softmax"
     """softmax: over all items; sampled_softmax: in-batch + sampled negatives with log-Q
     correction; ccl: cosine contrastive loss (SimpleX) over the same negatives."""
+    examples: Literal["pairs", "users"] = "pairs"
+    """Set data: pairs: one (user, item) pair per row, the item left out of the user's history;
+    users: one user per row, a random ``target_fraction`` of the user's items are targets and
+    the rest the input history (a denoising objective: the logits of a user are computed once
+    for all of its targets, far cheaper with the full softmax)."""
+    target_fraction: float = 0.5
+    bf16: bool = False
+    """Autocast matrix products to bfloat16 in training (fast on CPUs with AMX, and on GPUs)."""
     num_negatives: int = 1024
     """Shared sampled negatives per batch (sampled_softmax, ccl)."""
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
@@ -204,6 +216,8 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError("dropout rates must lie in [0, 1)")
     if cfg.model.init_std < 0:
         raise ConfigError("model.init_std must be >= 0 (0 picks 1/sqrt(dim))")
+    if not 0 < cfg.train.target_fraction < 1:
+        raise ConfigError("train.target_fraction must lie in (0, 1)")
     if not 0 < cfg.train.adam_beta2 < 1:
         raise ConfigError("train.adam_beta2 must lie in (0, 1)")
     if cfg.train.lr <= 0:

@@ -163,3 +163,39 @@ def test_kill_minus_nine_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert a["test"] == b["test"] and a["valid"] == b["valid"]
     assert [e["loss"] for e in a["epochs"]] == pytest.approx([e["loss"] for e in b["epochs"]])
     assert np.isfinite(a["test"]["recall@20"])
+
+
+def test_user_target_batches_split_each_user(tiny_set_data):
+    from hirex.train.batches import UserTargetBatches
+
+    ds, _ = tiny_set_data
+    batches = UserTargetBatches(ds.train, 50, seed=0, target_fraction=0.5)
+    b = batches.batch(epoch=0, step=1)
+    users = b.users.users.numpy()
+    lengths = b.users.lengths.numpy()
+    rows, items = b.target_rows.numpy(), b.target_items.numpy()
+    for r, u in enumerate(users):
+        inputs = set(
+            b.users.hist_items[b.users.hist_indptr[r] : b.users.hist_indptr[r + 1]].tolist()
+        )
+        targets = set(items[rows == r].tolist())
+        assert lengths[r] >= 1 and targets, "each user keeps an input and gets a target"
+        assert not inputs & targets and inputs | targets == set(ds.train.user_items(u).tolist())
+    again = batches.batch(epoch=0, step=1)
+    assert (again.target_items == b.target_items).all(), "batches depend only on (epoch, step)"
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sampled_softmax"])
+def test_user_level_denoising_training_learns(tiny_set_data, loss):
+    ds, _ = tiny_set_data
+    cfg = _cfg(
+        'train.examples="users"',
+        f'train.loss="{loss}"',
+        "train.batch_size=64",
+        "train.bf16=true",
+        "model.history_projection=true",
+        "model.user_init_std=0.0",
+    )
+    result = train_model(cfg, ds, progress=False)
+    pop = evaluate_ranker(Popularity(ds.train), ds, "test").metrics["recall@20"]
+    assert evaluate(result.model, ds, "test").metrics["recall@20"] > 2 * pop

@@ -67,6 +67,8 @@ class RetrievalModel(nn.Module):
             dropout=cfg.dropout,
             shared_items=self.item_tower.id_emb if cfg.share_item_embedding else None,
             init_std=cfg.init_std,
+            user_init_std=cfg.user_init_std,
+            history_projection=cfg.history_projection,
         )
         if cfg.scorer == "dot":
             self.scorer: nn.Module = DotScorer()

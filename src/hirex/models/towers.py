@@ -187,12 +187,15 @@ class UserTower(nn.Module):
         dropout: float = 0.2,
         shared_items: nn.Embedding | None = None,
         init_std: float = 0.0,
+        user_init_std: float = -1.0,
+        history_projection: bool = False,
     ) -> None:
         super().__init__()
         self.dim, self.n_embs = dim, n_embs
         self.id_emb = nn.Embedding(n_users, n_embs * dim) if use_user_id else None
         if self.id_emb is not None:
-            nn.init.normal_(self.id_emb.weight, std=init_std or 1.0 / math.sqrt(dim))
+            std = user_init_std if user_init_std >= 0 else init_std or 1.0 / math.sqrt(dim)
+            nn.init.normal_(self.id_emb.weight, std=std)
         self.history: nn.Module | None
         if encoder == "pooling":
             self.history = PooledHistory(n_items, dim, pooling_exponent, init_std)
@@ -211,11 +214,12 @@ class UserTower(nn.Module):
             self.history = None
         else:
             raise ValueError(f"unknown user encoder {encoder!r}; choose pooling, transformer, none")
-        self.proj = (
-            nn.Linear(dim, n_embs * dim, bias=False)
-            if self.history is not None and n_embs > 1
-            else None
-        )
+        self.proj = None
+        if self.history is not None and (n_embs > 1 or history_projection):
+            self.proj = nn.Linear(dim, n_embs * dim, bias=False)
+            # Identity (tiled over the P embeddings) at init: starts as plain pooling.
+            with torch.no_grad():
+                self.proj.weight.copy_(torch.eye(dim).repeat(n_embs, 1))
 
     def combine(self, users: torch.Tensor, hist: torch.Tensor | None) -> torch.Tensor:
         """users: (...,) ids, hist: (..., D) history state -> (..., P, D)."""

@@ -65,6 +65,51 @@ class PairBatches:
         return PairBatch(batch, torch.from_numpy(pos))
 
 
+@dataclass(frozen=True)
+class UserTargetsBatch:
+    """Set data, one row per user: a random part of the user's items is the input history,
+    the rest are targets (a denoising objective; the targets are never in the input)."""
+
+    users: UserBatch
+    target_rows: torch.Tensor  # (T,) int64 row of each target in ``users``
+    target_items: torch.Tensor  # (T,) int64
+
+
+class UserTargetBatches:
+    """Users with at least two items, in a seeded order per epoch; each batch splits every
+    user's items into input and targets (each item a target with ``target_fraction``)."""
+
+    def __init__(self, train: Interactions, batch_size: int, seed: int, target_fraction: float):
+        self.train, self.batch_size, self.seed = train, batch_size, seed
+        self.target_fraction = target_fraction
+        self.users = np.flatnonzero(train.lengths() >= 2)
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.batch_size)
+
+    def batch(self, epoch: int, step: int) -> UserTargetsBatch:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.users))
+        users = self.users[order[step * self.batch_size : (step + 1) * self.batch_size]]
+        rows, items = self.train.gather(users)
+        rng = step_rng(self.seed, epoch, step)
+        target = rng.random(len(items)) < self.target_fraction
+        # Every user keeps at least one input item and gets at least one target: of each
+        # user's items in a random order, the first is forced to input and the last to target.
+        order = np.lexsort((rng.random(len(items)), rows))
+        sorted_rows = rows[order]
+        target[order[np.r_[True, sorted_rows[1:] != sorted_rows[:-1]]]] = False
+        target[order[np.r_[sorted_rows[1:] != sorted_rows[:-1], True]]] = True
+        inputs = ~target
+        indptr = np.zeros(len(users) + 1, np.int64)
+        np.cumsum(np.bincount(rows[inputs], minlength=len(users)), out=indptr[1:])
+        batch = UserBatch(
+            torch.from_numpy(users), torch.from_numpy(indptr), torch.from_numpy(items[inputs])
+        )
+        return UserTargetsBatch(
+            batch, torch.from_numpy(rows[target]), torch.from_numpy(items[target])
+        )
+
+
 class SequenceBatches:
     """Users with at least two training items, in a seeded order per epoch."""
 

@@ -12,9 +12,16 @@ import torch
 import torch.nn.functional as F
 
 
-def full_softmax_loss(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """scores: (M, N) over all items, positives: (M,) item ids -> mean cross-entropy."""
-    return F.cross_entropy(scores, positives)
+def _reduce(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean, or a weighted sum with weights (M,) that sum to one."""
+    return losses.mean() if weights is None else (losses * weights).sum()
+
+
+def full_softmax_loss(
+    scores: torch.Tensor, positives: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """scores: (M, N) over all items, positives: (M,) item ids -> (weighted) cross-entropy."""
+    return _reduce(F.cross_entropy(scores, positives, reduction="none"), weights)
 
 
 def sampled_softmax_loss(
@@ -23,19 +30,21 @@ def sampled_softmax_loss(
     positive_column: torch.Tensor,
     positives: torch.Tensor,
     log_q: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy over sampled candidates with log-Q correction and accidental hits masked.
 
     scores: (M, C) logits of each row against each candidate; candidates: (C,) item ids;
     positive_column: (M,) column of each row's positive; positives: (M,) item ids;
     log_q: (C,) log expected count of each candidate under its sampling distribution.
+    weights: (M,) per-row weights summing to one, or None for the mean.
     """
     logits = scores - log_q[None, :]
     # A candidate that equals the row's positive in another column is not a negative.
     hit = candidates[None, :] == positives[:, None]
     hit[torch.arange(len(positives), device=hit.device), positive_column] = False
     logits = logits.masked_fill(hit, float("-inf"))
-    return F.cross_entropy(logits, positive_column)
+    return _reduce(F.cross_entropy(logits, positive_column, reduction="none"), weights)
 
 
 def cosine_contrastive_loss(
@@ -45,6 +54,7 @@ def cosine_contrastive_loss(
     positives: torch.Tensor,
     margin: float,
     negative_weight: float,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SimpleX's cosine contrastive loss (Mao et al., CIKM 2021).
 
@@ -56,4 +66,4 @@ def cosine_contrastive_loss(
     neg_mask = candidates[None, :] != positives[:, None]
     neg = F.relu(cosines - margin) * neg_mask
     neg_mean = neg.sum(1) / neg_mask.sum(1).clamp(min=1)
-    return ((1.0 - pos) + negative_weight * neg_mean).mean()
+    return _reduce((1.0 - pos) + negative_weight * neg_mean, weights)

@@ -25,7 +25,14 @@ from hirex.config import ConfigError, RunConfig, config_to_dict
 from hirex.data.interactions import Dataset, Interactions
 from hirex.eval.protocols import default_ks, evaluate
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
-from hirex.train.batches import PairBatches, SequenceBatches, step_rng
+from hirex.train.batches import (
+    PairBatches,
+    SequenceBatch,
+    SequenceBatches,
+    UserTargetBatches,
+    UserTargetsBatch,
+    step_rng,
+)
 from hirex.train.checkpoint import load_checkpoint, save_checkpoint
 from hirex.train.losses import cosine_contrastive_loss, full_softmax_loss, sampled_softmax_loss
 
@@ -132,10 +139,13 @@ class _Loop:
             betas=(0.9, tc.adam_beta2),
         )
         if self.model.sequential:
-            self.batches: PairBatches | SequenceBatches = SequenceBatches(
+            self.batches: PairBatches | SequenceBatches | UserTargetBatches = SequenceBatches(
                 train, tc.batch_size, tc.seed, cfg.model.max_history
             )
             counts = self.batches.target_counts()
+        elif tc.examples == "users":
+            self.batches = UserTargetBatches(train, tc.batch_size, tc.seed, tc.target_fraction)
+            counts = train.item_counts()
         else:
             self.batches = PairBatches(train, tc.batch_size, tc.seed, tc.history_dropout)
             counts = train.item_counts()
@@ -158,53 +168,73 @@ class _Loop:
         self.ks = eval_ks(cfg, dataset)
 
     # ---- one step ---------------------------------------------------------------------------
-    def _rows(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """User embeddings (M, P, D) and positive items (M,) of one batch."""
+    def _rows(
+        self, epoch: int, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """User embeddings (B, P, D), the row of each positive (None: row i has positive i)
+        and the positive items (M,) of one batch."""
         batch = self.batches.batch(epoch, step)
-        if isinstance(self.batches, SequenceBatches):
+        if isinstance(batch, SequenceBatch):
             inputs = batch.inputs.to(self.device)
             targets = batch.targets.to(self.device)
             u = self.model.encode_user_positions(batch.users.to(self.device), inputs)
             keep = targets != self.dataset.n_items
-            return u[keep], targets[keep]
+            return u[keep], None, targets[keep]
+        if isinstance(batch, UserTargetsBatch):
+            u = self.model.encode_users(batch.users.to(self.device))
+            return u, batch.target_rows.to(self.device), batch.target_items.to(self.device)
         u = self.model.encode_users(batch.users.to(self.device))
-        return u, batch.positives.to(self.device)
+        return u, None, batch.positives.to(self.device)
 
     def _loss(self, epoch: int, step: int) -> torch.Tensor:
         tc = self.cfg.train
         torch.manual_seed(int(step_rng(tc.seed, epoch, step).integers(2**62)))
-        u, pos = self._rows(epoch, step)
-        if tc.loss == "softmax":
-            return full_softmax_loss(self.model.score(u, self.model.encode_items()), pos)
-        # Candidates: the batch's positives (in-batch) and shared sampled items, each with the
-        # log of its expected count under the distribution it came from.
-        cands, log_q = [], []
-        m = len(pos)
-        if tc.in_batch_negatives:
-            cands.append(pos)
-            log_q.append(self.log_freq[pos] + math.log(m))
-        if tc.num_negatives:
-            rng = step_rng(tc.seed + 1, epoch, step)
-            sampled = np.searchsorted(self.sample_cdf, rng.random(tc.num_negatives))
-            sampled = torch.from_numpy(np.minimum(sampled, self.dataset.n_items - 1)).to(
-                self.device
-            )
-            cands.append(sampled)
-            log_q.append(self.log_sample_p[sampled] + math.log(tc.num_negatives))
-        if not tc.in_batch_negatives:
-            cands.insert(0, pos)
-            log_q.insert(0, torch.zeros(m, device=self.device))
-        candidates = torch.cat(cands)
-        scores = self.model.score(u, self.model.encode_items(candidates))
-        pos_col = torch.arange(m, device=self.device)
-        if tc.loss == "ccl":
-            cos = scores * self.cfg.model.temperature if self.cfg.model.cosine else scores
-            return cosine_contrastive_loss(
-                cos, candidates, pos_col, pos, tc.ccl_margin, tc.ccl_negative_weight
-            )
-        if not tc.in_batch_negatives:
-            log_q[0] = torch.zeros(m, device=self.device)
-        return sampled_softmax_loss(scores, candidates, pos_col, pos, torch.cat(log_q))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+            u, rows, pos = self._rows(epoch, step)
+            weights = None
+            if rows is not None:
+                # Each user weighs the same, whatever its number of targets.
+                per_row = torch.bincount(rows, minlength=u.shape[0]).clamp(min=1).float()
+                weights = 1.0 / (per_row[rows] * int((per_row > 0).sum()))
+            if tc.loss == "softmax":
+                scores = self.model.score(u, self.model.encode_items()).float()
+                return full_softmax_loss(scores if rows is None else scores[rows], pos, weights)
+            # Candidates: the batch's positives (in-batch) and shared sampled items, each with
+            # the log of its expected count under the distribution it came from.
+            m = len(pos)
+            cands = [pos]
+            log_q = [
+                self.log_freq[pos] + math.log(m)
+                if tc.in_batch_negatives
+                else torch.zeros(m, device=self.device)
+            ]
+            if tc.num_negatives:
+                rng = step_rng(tc.seed + 1, epoch, step)
+                sampled = np.searchsorted(self.sample_cdf, rng.random(tc.num_negatives))
+                sampled = torch.from_numpy(np.minimum(sampled, self.dataset.n_items - 1))
+                cands.append(sampled.to(self.device))
+                log_q.append(self.log_sample_p[cands[-1]] + math.log(tc.num_negatives))
+            candidates = torch.cat(cands)
+            scores = self.model.score(u, self.model.encode_items(candidates)).float()
+            if rows is not None:
+                scores = scores[rows]
+            pos_col = torch.arange(m, device=self.device)
+            if not tc.in_batch_negatives:
+                # The positives' columns are only for their own row: mask them elsewhere.
+                other = pos_col[None, :m] != pos_col[:, None]
+                scores[:, :m] = scores[:, :m].masked_fill(other, float("-inf"))
+            if tc.loss == "ccl":
+                cos = scores * self.cfg.model.temperature if self.cfg.model.cosine else scores
+                return cosine_contrastive_loss(
+                    cos,
+                    candidates,
+                    pos_col,
+                    pos,
+                    tc.ccl_margin,
+                    tc.ccl_negative_weight,
+                    weights,
+                )
+            return sampled_softmax_loss(scores, candidates, pos_col, pos, torch.cat(log_q), weights)
 
     # ---- the loop ---------------------------------------------------------------------------
     def _save(self, state: dict[str, Any]) -> None:
