@@ -38,3 +38,14 @@ def test_cosine_contrastive_loss_by_hand():
     loss = cosine_contrastive_loss(cos, cands, torch.tensor([0]), torch.tensor([3]), 0.8, 2.0)
     # 1 - 0.9 + 2 * mean(relu(0.85 - 0.8), relu(0.1 - 0.8)) = 0.1 + 2 * 0.025
     assert abs(loss.item() - 0.15) < 1e-6
+
+
+def test_full_softmax_with_rows_equals_repeated_rows():
+    torch.manual_seed(0)
+    scores = torch.randn(3, 8)
+    rows = torch.tensor([0, 0, 2, 1, 2])
+    pos = torch.tensor([1, 5, 0, 7, 3])
+    w = torch.tensor([0.1, 0.2, 0.3, 0.25, 0.15])
+    a = full_softmax_loss(scores, pos, w, rows)
+    b = full_softmax_loss(scores[rows], pos, w)
+    assert torch.allclose(a, b)

@@ -18,10 +18,21 @@ def _reduce(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
 
 
 def full_softmax_loss(
-    scores: torch.Tensor, positives: torch.Tensor, weights: torch.Tensor | None = None
+    scores: torch.Tensor,
+    positives: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """scores: (M, N) over all items, positives: (M,) item ids -> (weighted) cross-entropy."""
-    return _reduce(F.cross_entropy(scores, positives, reduction="none"), weights)
+    """Cross-entropy over all items.
+
+    scores: (B, N); positives: (M,) item ids; rows: (M,) the row of ``scores`` of each
+    positive (None: M = B, row i for positive i), so a user's softmax is computed once for all
+    of its positives; weights: (M,) summing to one, or None for the mean.
+    """
+    if rows is None:
+        return _reduce(F.cross_entropy(scores, positives, reduction="none"), weights)
+    log_p = torch.log_softmax(scores, dim=1)
+    return _reduce(-log_p[rows, positives], weights)
 
 
 def sampled_softmax_loss(

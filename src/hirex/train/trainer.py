@@ -198,7 +198,7 @@ class _Loop:
                 weights = 1.0 / (per_row[rows] * int((per_row > 0).sum()))
             if tc.loss == "softmax":
                 scores = self.model.score(u, self.model.encode_items()).float()
-                return full_softmax_loss(scores if rows is None else scores[rows], pos, weights)
+                return full_softmax_loss(scores, pos, weights, rows)
             # Candidates: the batch's positives (in-batch) and shared sampled items, each with
             # the log of its expected count under the distribution it came from.
             m = len(pos)
