@@ -66,7 +66,8 @@ def scoring_throughput(
 
 def untrained_twin(cfg: RunConfig, dataset: Dataset, scorer: str) -> RetrievalModel:
     """A model of the same size with another scorer, for throughput only (not trained)."""
-    mcfg = dataclasses.replace(cfg.model, scorer=scorer)
+    # Weight tying is a dot-scorer option: the mixture of logits has several item embeddings.
+    mcfg = dataclasses.replace(cfg.model, scorer=scorer, share_item_embedding=False)
     return RetrievalModel(mcfg, dataset.n_users, dataset.n_items, dataset.item_text).eval()
 
 
