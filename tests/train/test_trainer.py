@@ -199,3 +199,14 @@ def test_user_level_denoising_training_learns(tiny_set_data, loss):
     result = train_model(cfg, ds, progress=False)
     pop = evaluate_ranker(Popularity(ds.train), ds, "test").metrics["recall@20"]
     assert evaluate(result.model, ds, "test").metrics["recall@20"] > 2 * pop
+
+
+def test_no_validation_targets_is_a_clear_error(tiny_set_data):
+    import dataclasses
+
+    from hirex.data.interactions import Interactions
+
+    ds, _ = tiny_set_data
+    empty = dataclasses.replace(ds, valid=Interactions.empty(ds.n_users, ds.n_items))
+    with pytest.raises(ValueError, match="valid_per_user"):
+        train_model(_cfg(), empty, progress=False)

@@ -86,6 +86,11 @@ def train_model(
     """Train on ``dataset.train`` with early stopping on ``dataset.valid``; optionally refit
     on train + valid for the selected number of epochs (``train.refit``)."""
     out = Path(out_dir) if out_dir is not None else None
+    if dataset.valid.nnz == 0:
+        raise ValueError(
+            f"{dataset.name} has no validation targets, which early stopping and model "
+            "selection need; set data.valid_per_user >= 1 (or give sequences of 3+ items)"
+        )
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
