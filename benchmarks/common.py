@@ -118,6 +118,9 @@ def run_benchmark(
         help="config override, e.g. --set train.epochs=5",
     )
     p.add_argument("--skip-baselines", action="store_true")
+    p.add_argument(
+        "--result-name", default=name, help=f"write results/<NAME>.json (default: {name})"
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -151,7 +154,7 @@ def run_benchmark(
         ),
     }
     write_result(
-        name,
+        args.result_name,
         {
             "dataset": ds.summary(),
             "protocol": protocol,

@@ -17,7 +17,7 @@ COLUMNS = {
 
 
 def table(name: str, result: dict) -> str:
-    cols = COLUMNS[name]
+    cols = COLUMNS[name.split("-")[0]]
     lines = [
         f"### {name}",
         "",
@@ -27,7 +27,17 @@ def table(name: str, result: dict) -> str:
         "| --- | " + " | ".join("---" for _ in cols) + " | --- |",
     ]
     scorer = result["config"]["model"]["scorer"]
-    note = f"trained {result['train_seconds'] / 60:.1f} min, best epoch {result['best_epoch']}"
+    command = result["command"]
+    config = (
+        command.split("--config ")[1].split()[0]
+        if "--config " in command
+        else f"configs/{name.split('-')[0]}.toml"
+    )
+    select = result["config"]["eval"].get("select_metric") or cols[-1]
+    note = (
+        f"`{config}`; valid {select} {result['valid'][select]:.4f}; trained "
+        f"{result['train_seconds'] / 60:.1f} min, best epoch {result['best_epoch']}"
+    )
     lines.append(
         f"| **hirex** ({scorer}) | "
         + " | ".join(f"**{result[c]:.4f}**" for c in cols)
@@ -60,10 +70,9 @@ def table(name: str, result: dict) -> str:
 
 def main() -> None:
     parts = []
-    for name in COLUMNS:
-        path = HERE / "results" / f"{name}.json"
-        if path.exists():
-            parts.append(table(name, json.loads(path.read_text())))
+    for path in sorted((HERE / "results").glob("*.json")):
+        if path.stem.split("-")[0] in COLUMNS:
+            parts.append(table(path.stem, json.loads(path.read_text())))
     readme = HERE / "README.md"
     text = readme.read_text()
     head, rest = text.split(BEGIN, 1)
