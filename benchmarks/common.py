@@ -78,10 +78,6 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
-def config_record(cfg: RunConfig) -> dict[str, Any]:
-    return config_to_dict(cfg)
-
-
 def rounded(metrics: dict[str, float], digits: int = 4) -> dict[str, float]:
     return {k: round(float(v), digits) for k, v in metrics.items()}
 
@@ -166,7 +162,7 @@ def run_benchmark(
             "baselines": measured,
             "targets": targets,
             "command": command_line(),
-            "config": config_record(cfg),
+            "config": config_to_dict(cfg),
             "machine": machine(),
             "epochs": result.epochs,
         },

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from hirex.data.interactions import Dataset
 from hirex.data.registry import load_dataset
 from hirex.eval.protocols import evaluate
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
-from hirex.train.trainer import MODEL, TrainResult, eval_ks
+from hirex.train.trainer import MODEL, TrainResult, eval_ks, train_model
 
 METRICS_FORMAT = "hirex-metrics"
 METRICS_VERSION = 1
@@ -131,5 +130,10 @@ def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Pa
     return out
 
 
-def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((Path(path) / "metrics.json").read_text())
+def train_run(
+    cfg: RunConfig, dataset: Dataset, out: str | os.PathLike, *, restart: bool, progress: bool
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Prepare the run folder, train (resuming when it can), evaluate and write metrics.json."""
+    out_dir = prepare_run_dir(cfg, out, restart)
+    result = train_model(cfg, dataset, out_dir, progress=progress)
+    return result, finish_run(cfg, dataset, result, out_dir)

@@ -11,11 +11,10 @@ import numpy as np
 from hirex.cli.common import print_metrics
 from hirex.config import RunConfig, apply_overrides
 from hirex.data.synthetic import SyntheticConfig, make_synthetic
-from hirex.eval.protocols import evaluate, evaluate_ranker
+from hirex.eval.protocols import evaluate_ranker
 from hirex.index.exhaustive import exhaustive_topk
 from hirex.models.baselines import Popularity, mask_and_topk
-from hirex.runs import finish_run, prepare_run_dir
-from hirex.train.trainer import train_model
+from hirex.runs import train_run
 
 DEMO_OVERRIDES = [
     'data.name="synthetic"',
@@ -71,20 +70,19 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     for step, scorer in ((2, "dot"), (3, "mol")):
         run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scorer=scorer))
-        out = prepare_run_dir(run_cfg, f"{args.out}/{scorer}", restart=True)
+        out = f"{args.out}/{scorer}"
         print(
             f"{step}. train: pooled-history user tower, {scorer} scorer, "
             f"{run_cfg.train.loss} loss -> {out}/"
         )
-        result = train_model(run_cfg, dataset, out, progress=not args.quiet)
-        report = finish_run(run_cfg, dataset, result, out)
+        result, report = train_run(run_cfg, dataset, out, restart=True, progress=not args.quiet)
         print(
             f"   {len(result.epochs)} epochs in {result.train_seconds:.0f}s; exhaustive "
             f"scoring {report['exhaustive_users_per_second']:,.0f} users/s"
         )
         print_metrics("   test", report["test"])
-        results[scorer] = result
-    model = results["mol"].model
+        results[scorer] = (result, report)
+    model, mol_test = results["mol"][0].model, results["mol"][1]["test"]
     user = 0
     history = dataset.history("test")
     top = exhaustive_topk(model, np.array([user]), history, 10, exclude=history)
@@ -96,12 +94,11 @@ def run(args: argparse.Namespace) -> int:
         f"top-10 items' subtopics {truth.item_subtopic[ids].tolist()} "
         f"({share:.0%} inside the user's interests)"
     )
-    ev = evaluate(model, dataset, "test")
-    gain = ev.metrics["recall@20"] / max(pop.metrics["recall@20"], 1e-9)
+    gain = mol_test["recall@20"] / max(pop.metrics["recall@20"], 1e-9)
     print(
         f"done in {time.perf_counter() - t0:.0f}s: mixture-of-logits recall@20 "
-        f"{ev.metrics['recall@20']:.4f}, {gain:.1f}x the popularity baseline, "
-        f"{ev.metrics['recall@20'] / best.metrics['recall@20']:.0%} of the oracle. "
+        f"{mol_test['recall@20']:.4f}, {gain:.1f}x the popularity baseline, "
+        f"{mol_test['recall@20'] / best.metrics['recall@20']:.0%} of the oracle. "
         f"Next: `hirex train --data gowalla`, `hirex eval --run {args.out}/mol`."
     )
     return 0

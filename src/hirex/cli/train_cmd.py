@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hirex.cli.common import add_config_options, config_from_args, print_metrics
-from hirex.runs import dataset_from_config, finish_run, prepare_run_dir
-from hirex.train.trainer import train_model
+from hirex.runs import dataset_from_config, train_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,14 +33,12 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{cfg.data.name.rstrip('/').split('/')[-1]}"
     dataset = dataset_from_config(cfg.data)
     print(dataset.summary())
-    out_dir = prepare_run_dir(cfg, out, args.restart)
-    result = train_model(cfg, dataset, out_dir, progress=not args.quiet)
-    report = finish_run(cfg, dataset, result, out_dir)
+    result, report = train_run(cfg, dataset, out, restart=args.restart, progress=not args.quiet)
     print(
         f"trained {len(result.epochs)} epochs in {result.train_seconds:.0f}s, "
         f"best epoch {result.best_epoch + 1}"
     )
     print_metrics("valid", report["valid"])
     print_metrics("test ", report["test"])
-    print(f"run written to {out_dir}/")
+    print(f"run written to {out}/")
     return 0
