@@ -110,6 +110,12 @@ class RetrievalModel(nn.Module):
         s = self.scorer(user, item)
         return s / self.cfg.temperature if self.cfg.cosine else s
 
+    def score_candidates(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """user: (B, P, D), item: (B, C, Q, D), each user's own candidates -> (B, C) scores,
+        equal to gathering ``score`` over every item."""
+        s = self.scorer.candidates(user, item)
+        return s / self.cfg.temperature if self.cfg.cosine else s
+
     # ---- files ---------------------------------------------------------------
     def save(self, path: str | os.PathLike, extra: dict[str, str] | None = None) -> None:
         """Write weights and config to one safetensors file, atomically."""

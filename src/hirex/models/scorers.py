@@ -1,7 +1,9 @@
 """Scorers: map user and item embeddings to a (users x items) score matrix.
 
 Every scorer takes ``user: (B, P, D)`` and ``item: (N, Q, D)`` and returns ``(B, N)`` scores, so
-training, exhaustive retrieval and index search share one code path.
+training, exhaustive retrieval and index search share one code path.  ``candidates`` scores each
+user against its own list of items, ``user: (B, P, D)`` and ``item: (B, C, Q, D)`` -> ``(B, C)``
+(what beam search needs, where every user keeps different nodes).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ class DotScorer(nn.Module):
 
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         return user[:, 0] @ item[:, 0].T
+
+    def candidates(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(item[:, :, 0], user[:, 0, :, None])[:, :, 0]
 
     def extra_repr(self) -> str:
         return "dot"
@@ -53,6 +58,17 @@ class MixtureOfLogits(nn.Module):
         )
         gate = gate + side + self.logit_gate.bias[:, None, None]
         return (torch.softmax(gate, dim=0) * logits).sum(0)
+
+    def candidates(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        b, c, pq = item.shape[0], item.shape[1], self.p * self.q
+        # (B, C, P, Q) component logits, flattened to (B, C, P*Q) in the same order as forward.
+        logits = torch.einsum("bpd,bcqd->bcpq", user, item).reshape(b, c, pq)
+        gate = (
+            self.logit_gate(logits)
+            + self.user_gate(user.reshape(b, -1))[:, None, :]
+            + self.item_gate(item.reshape(b, c, -1))
+        )
+        return (torch.softmax(gate, dim=-1) * logits).sum(-1)
 
     def extra_repr(self) -> str:
         return f"mixture of {self.p}x{self.q} logits"

@@ -1,0 +1,252 @@
+"""The hierarchical index: item paths through residual codebooks, stored as flat arrays.
+
+A node at level l is a path prefix (c_1, ..., c_l); its embedding is the sum of those codewords
+(the pseudo-item the model scores).  Per level the nodes are kept sorted by their prefix key, so
+the children of a node are one contiguous range (``child_ptr``) and the items of a bottom node
+are one contiguous range of ``members`` (``member_ptr``): search gathers ranges, it never loops
+over nodes in Python.
+
+Items come and go without retraining: ``add_items`` assigns a new embedding to a path with the
+learned codebooks, ``remove_items`` deactivates items.  A node stays in the structure when its last
+item leaves (it is skipped by search while empty) and can take items again later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hirex.index.codebooks import ResidualCodebooks
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level's nodes, sorted by prefix key; n = number of nodes."""
+
+    keys: np.ndarray
+    """(n,) int64 prefix keys."""
+    emb: torch.Tensor
+    """(n, Q, D) node embeddings (pseudo-items)."""
+    count: np.ndarray
+    """(n,) active items under each node."""
+    parent: np.ndarray
+    """(n,) index of the parent node in the level above (-1 on the top level)."""
+    child_ptr: np.ndarray
+    """(n + 1,) CSR pointers into the next level's nodes (empty on the bottom level)."""
+    representative: np.ndarray
+    """(n,) the active item nearest to the node's embedding, -1 for an empty node."""
+
+
+class HierarchicalIndex:
+    """Residual codebooks + per-item paths + the item memory the model scores at the bottom.
+
+    item_emb: (N, Q, D) item embeddings; codes: (N, L) paths; active: (N,) bool.
+    """
+
+    def __init__(
+        self,
+        codebooks: ResidualCodebooks,
+        item_emb: torch.Tensor,
+        codes: torch.Tensor | None = None,
+        active: np.ndarray | None = None,
+        extra_nodes: list[np.ndarray] | None = None,
+    ) -> None:
+        self.codebooks = codebooks.eval().requires_grad_(False)
+        self.item_emb = item_emb.detach()
+        if codes is None:
+            codes = codebooks.encode(self.item_emb)
+        n = self.item_emb.shape[0]
+        if codes.shape != (n, codebooks.levels):
+            raise ValueError(f"codes must be ({n}, {codebooks.levels}), got {tuple(codes.shape)}")
+        self.codes = codes.cpu().to(torch.int64)
+        self.active = np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        # Nodes that exist whether or not they hold items (kept when their last item leaves).
+        self._node_keys = [np.zeros(0, np.int64) for _ in codebooks.sizes]
+        for level in range(codebooks.levels):
+            have = self._item_keys(level)
+            if extra_nodes is not None:
+                have = np.concatenate([have, extra_nodes[level]])
+            self._node_keys[level] = np.unique(have)
+        self._levels: list[Level] | None = None
+        self._members: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ---- shape -----------------------------------------------------------------------------
+    @property
+    def sizes(self) -> list[int]:
+        return self.codebooks.sizes
+
+    @property
+    def n_items(self) -> int:
+        """Item slots, active or not (dense ids run from 0 to n_items - 1)."""
+        return self.item_emb.shape[0]
+
+    @property
+    def n_active(self) -> int:
+        return int(self.active.sum())
+
+    @property
+    def levels(self) -> list[Level]:
+        if self._levels is None:
+            self._rebuild()
+        assert self._levels is not None
+        return self._levels
+
+    @property
+    def members(self) -> tuple[np.ndarray, np.ndarray]:
+        """(member_ptr (n_bottom + 1,), members (n_active,)): the active items of each bottom
+        node, as CSR."""
+        if self._members is None:
+            self._rebuild()
+        assert self._members is not None
+        return self._members
+
+    # ---- online maintenance ----------------------------------------------------------------
+    def add_items(self, emb: torch.Tensor, ids: np.ndarray | None = None) -> np.ndarray:
+        """Put items on paths by hard assignment with the learned codebooks, no retraining.
+
+        emb: (M, Q, D).  ids: dense ids to (re)use, or None to append new ids after the last one.
+        An id that exists already gets the new embedding and path (an update).  Returns the ids.
+        """
+        emb = emb.detach().to(self.item_emb.device, self.item_emb.dtype)
+        if emb.ndim != 3 or emb.shape[1:] != self.item_emb.shape[1:]:
+            raise ValueError(
+                f"item embeddings must be (M, {self.item_emb.shape[1]}, {self.item_emb.shape[2]})"
+                f", got {tuple(emb.shape)}"
+            )
+        m = emb.shape[0]
+        if ids is None:
+            ids = np.arange(self.n_items, self.n_items + m, dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.shape != (m,) or (m and ids.min() < 0):
+            raise ValueError(f"ids must be {m} non-negative integers, one per embedding")
+        if len(np.unique(ids)) != m:
+            raise ValueError("ids must not repeat within one add_items call")
+        grow = int(ids.max()) + 1 - self.n_items if m else 0
+        if grow > 0:
+            self.item_emb = torch.cat([self.item_emb, self.item_emb.new_zeros(grow, *emb.shape[1:])])
+            self.codes = torch.cat([self.codes, self.codes.new_zeros(grow, self.codes.shape[1])])
+            self.active = np.concatenate([self.active, np.zeros(grow, dtype=bool)])
+        t_ids = torch.from_numpy(ids).to(self.item_emb.device)
+        self.item_emb[t_ids] = emb
+        self.codes[torch.from_numpy(ids)] = self.codebooks.encode(emb).cpu()
+        self.active[ids] = True
+        for level in range(len(self.sizes)):
+            new = self._item_keys(level, ids)
+            self._node_keys[level] = np.union1d(self._node_keys[level], new)
+        self._invalidate()
+        return ids
+
+    def remove_items(self, ids: np.ndarray) -> None:
+        """Deactivate items: search never returns them again.  Unknown ids are an error."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.n_items):
+            raise ValueError(f"item ids must lie in [0, {self.n_items}) to be removed")
+        self.active[ids] = False
+        self._invalidate()
+
+    # ---- derived arrays --------------------------------------------------------------------
+    def _item_keys(self, level: int, ids: np.ndarray | None = None) -> np.ndarray:
+        """(n,) prefix keys at ``level`` of the given (default: active) items."""
+        codes = self.codes.numpy()
+        rows = codes[np.flatnonzero(self.active)] if ids is None else codes[ids]
+        key = np.zeros(len(rows), np.int64)
+        for j in range(level + 1):
+            key = key * self.sizes[j] + rows[:, j]
+        return key
+
+    def _keys_to_codes(self, keys: np.ndarray, level: int) -> np.ndarray:
+        codes = np.zeros((len(keys), level + 1), np.int64)
+        rest = keys.copy()
+        for j in range(level, -1, -1):
+            codes[:, j] = rest % self.sizes[j]
+            rest //= self.sizes[j]
+        return codes
+
+    def _invalidate(self) -> None:
+        self._levels = None
+        self._members = None
+
+    def _rebuild(self) -> None:
+        act = np.flatnonzero(self.active)
+        flat = self.item_emb.reshape(self.n_items, -1)
+        levels: list[Level] = []
+        for level in range(len(self.sizes)):
+            keys = self._node_keys[level]
+            node_of = np.searchsorted(keys, self._item_keys(level))
+            count = np.bincount(node_of, minlength=len(keys)).astype(np.int64)
+            emb = self.codebooks.decode(torch.from_numpy(self._keys_to_codes(keys, level)))
+            emb = emb.to(self.item_emb.device)
+            if level == 0:
+                parent = np.full(len(keys), -1, np.int64)
+            else:
+                parent = np.searchsorted(levels[-1].keys, keys // self.sizes[level])
+            # The representative: the active item of the subtree nearest to the node embedding.
+            rep = np.full(len(keys), -1, np.int64)
+            if len(act):
+                node_flat = emb.reshape(len(keys), -1)
+                t_node = torch.from_numpy(node_of).to(flat.device)
+                dist = ((flat[torch.from_numpy(act).to(flat.device)] - node_flat[t_node]) ** 2).sum(1)
+                order = np.lexsort((dist.cpu().numpy(), node_of))
+                first = np.ones(len(order), dtype=bool)
+                first[1:] = node_of[order][1:] != node_of[order][:-1]
+                rep[node_of[order][first]] = act[order][first]
+            levels.append(Level(keys, emb, count, parent, np.zeros(0, np.int64), rep))
+        for level in range(len(levels) - 1):
+            child_ptr = np.searchsorted(levels[level + 1].parent, np.arange(len(levels[level].keys) + 1))
+            levels[level] = _with_children(levels[level], child_ptr)
+        bottom = levels[-1]
+        leaf = np.searchsorted(bottom.keys, self._item_keys(len(levels) - 1))
+        order = np.argsort(leaf, kind="stable")
+        members = act[order]
+        member_ptr = np.searchsorted(leaf[order], np.arange(len(bottom.keys) + 1))
+        self._levels = levels
+        self._members = (member_ptr.astype(np.int64), members.astype(np.int64))
+
+    # ---- checks ----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise AssertionError if the derived arrays disagree with the item paths."""
+        levels = self.levels
+        member_ptr, members = self.members
+        assert len(members) == self.n_active
+        assert np.array_equal(np.sort(members), np.flatnonzero(self.active))
+        for level, lv in enumerate(levels):
+            assert np.all(np.diff(lv.keys) > 0), "node keys must be sorted and unique"
+            assert lv.count.sum() == self.n_active
+            if level > 0:
+                above = levels[level - 1]
+                assert np.array_equal(above.keys[lv.parent], lv.keys // self.sizes[level])
+                sums = np.bincount(lv.parent, weights=lv.count, minlength=len(above.keys))
+                assert np.array_equal(sums.astype(np.int64), above.count)
+                assert np.array_equal(np.diff(above.child_ptr), np.bincount(lv.parent, minlength=len(above.keys)))
+            empty = lv.count == 0
+            assert np.all((lv.representative == -1) == empty)
+        assert np.array_equal(np.diff(member_ptr), levels[-1].count)
+
+    def stats(self) -> dict:
+        """Level sizes, node-size balance and empty nodes."""
+        out = {"n_items": self.n_items, "n_active": self.n_active, "levels": []}
+        for level, lv in enumerate(self.levels):
+            c = lv.count
+            nonempty = c[c > 0]
+            out["levels"].append(
+                {
+                    "level": level + 1,
+                    "codebook_size": self.sizes[level],
+                    "nodes": int(len(c)),
+                    "empty_nodes": int((c == 0).sum()),
+                    "items_per_node_mean": float(nonempty.mean()) if len(nonempty) else 0.0,
+                    "items_per_node_max": int(c.max()) if len(c) else 0,
+                    "items_per_node_min_nonempty": int(nonempty.min()) if len(nonempty) else 0,
+                    # Coefficient of variation of the node sizes: 0 is perfectly balanced.
+                    "size_cv": float(nonempty.std() / nonempty.mean()) if len(nonempty) else 0.0,
+                }
+            )
+        return out
+
+
+def _with_children(level: Level, child_ptr: np.ndarray) -> Level:
+    return Level(
+        level.keys, level.emb, level.count, level.parent, child_ptr.astype(np.int64), level.representative
+    )

@@ -1,0 +1,202 @@
+"""Batched level-by-level beam search with the full model scoring the items at the bottom.
+
+Level 1: score every node for each user and keep the best ``beam[0]``.  Level l: gather the
+children of the kept nodes (CSR ranges, padded per user), score them with level l's scorer and keep
+the best ``beam[l - 1]``.  Bottom: gather the member items of the kept bottom nodes and score them
+with the model itself; the result is ranked by the model's own scores (exact over the candidates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hirex.data.interactions import Interactions
+from hirex.index.exhaustive import _slice_batch
+from hirex.index.hierarchy import HierarchicalIndex
+from hirex.index.topk import TopK, empty_topk, merge_topk
+from hirex.models.retrieval_model import RetrievalModel
+from hirex.models.user_batch import UserBatch
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    topk: TopK
+    nodes_scored: np.ndarray
+    """(U,) nodes scored per user, all levels together."""
+    items_scored: np.ndarray
+    """(U,) items scored by the full model per user."""
+
+
+def parse_beam(beam: int | str | list[int] | tuple[int, ...], levels: int) -> tuple[int, ...]:
+    """One width for every level, or one per level ('8,16' or [8, 16])."""
+    if isinstance(beam, str):
+        try:
+            beam = [int(b) for b in beam.split(",") if b.strip()]
+        except ValueError as err:
+            raise ValueError(f"beam {beam!r}: give integers like 8 or 8,16") from err
+    if isinstance(beam, int):
+        beam = [beam] * levels
+    beam = tuple(int(b) for b in beam)
+    if len(beam) == 1:
+        beam = beam * levels
+    if len(beam) != levels or min(beam) < 1:
+        raise ValueError(f"beam needs {levels} positive widths (one per level) or one, got {beam}")
+    return beam
+
+
+@torch.no_grad()
+def beam_search(
+    model: RetrievalModel,
+    index: HierarchicalIndex,
+    users: np.ndarray | UserBatch,
+    history: Interactions | None,
+    k: int,
+    beam: int | str | tuple[int, ...],
+    *,
+    exclude: Interactions | None = None,
+    user_batch: int = 256,
+    item_chunk: int = 2048,
+) -> SearchResult:
+    """Top ``k`` items per user through the index.
+
+    users: (U,) dense user ids with histories in ``history``, or a ready ``UserBatch``.
+    beam: nodes kept per level (one width for all levels or one per level).
+    exclude: items never returned for a user (typically their training items).
+    Removed items are never returned.  Rows with fewer than ``k`` candidates end in -1 / -inf.
+    """
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    widths = parse_beam(beam, len(index.sizes))
+    model.eval()
+    device = model.device
+    if index.item_emb.device != device:
+        index.item_emb = index.item_emb.to(device)
+        index._invalidate()
+    levels = index.levels
+    member_ptr, members = index.members
+    t_levels = [
+        (
+            torch.from_numpy(lv.child_ptr).to(device),
+            torch.from_numpy(lv.count > 0).to(device),
+            lv.emb.to(device),
+        )
+        for lv in levels
+    ]
+    t_member_ptr = torch.from_numpy(member_ptr).to(device)
+    t_members = torch.from_numpy(members).to(device)
+    if isinstance(users, UserBatch):
+        n_users = len(users)
+    else:
+        users = np.asarray(users, dtype=np.int64)
+        n_users = len(users)
+        if history is None:
+            raise ValueError("history is needed to encode users given by id")
+    max_len = model.cfg.max_history if model.sequential else None
+    scores_out, ids_out, nodes_out, items_out = [], [], [], []
+    for start in range(0, n_users, user_batch):
+        stop = min(start + user_batch, n_users)
+        if isinstance(users, UserBatch):
+            batch, rows_users = _slice_batch(users, start, stop), None
+        else:
+            rows_users = users[start:stop]
+            batch = UserBatch.from_interactions(history, rows_users, max_len=max_len)
+        u = model.encode_users(batch.to(device))
+        b = stop - start
+        # Level 1: every node.
+        _, nonempty, emb = t_levels[0]
+        s = model.score(index.codebooks.map_user(u, 0), emb).float()
+        s = s.masked_fill(~nonempty[None, :], float("-inf"))
+        nodes_scored = torch.full((b,), int(nonempty.sum()), dtype=torch.int64, device=device)
+        kept = _top(s, torch.arange(len(nonempty), device=device).expand(b, -1), widths[0])
+        for level in range(1, len(levels)):
+            child_ptr, nonempty, emb = t_levels[level - 1][0], t_levels[level][1], t_levels[level][2]
+            cand = _expand(kept, child_ptr)
+            valid = cand >= 0
+            safe = cand.clamp(min=0)
+            valid &= nonempty[safe]
+            s = _score_chunks(model, index.codebooks.map_user(u, level), emb, safe, item_chunk)
+            s = s.masked_fill(~valid, float("-inf"))
+            nodes_scored += valid.sum(1)
+            kept = _top(s, torch.where(valid, cand, -1), widths[level])
+        cand = _expand(kept, t_member_ptr)
+        valid = cand >= 0
+        items = torch.where(valid, t_members[cand.clamp(min=0)], -1)
+        if exclude is not None and rows_users is not None:
+            valid &= ~_excluded(items, rows_users, exclude, device)
+        items = torch.where(valid, items, -1)
+        best = empty_topk(b, k, device)
+        for c0 in range(0, items.shape[1], item_chunk):
+            part = items[:, c0 : c0 + item_chunk]
+            ok = part >= 0
+            sc = model.score_candidates(u, index.item_emb[part.clamp(min=0)]).float()
+            best = merge_topk(best, sc.masked_fill(~ok, float("-inf")), part, k)
+        ids = torch.where(torch.isinf(best.scores), torch.full_like(best.ids, -1), best.ids)
+        scores_out.append(best.scores.cpu())
+        ids_out.append(ids.cpu())
+        nodes_out.append(nodes_scored.cpu().numpy())
+        items_out.append(valid.sum(1).cpu().numpy())
+    if not ids_out:
+        return SearchResult(empty_topk(0, k), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return SearchResult(
+        TopK(torch.cat(scores_out), torch.cat(ids_out)),
+        np.concatenate(nodes_out),
+        np.concatenate(items_out),
+    )
+
+
+def _top(scores: torch.Tensor, ids: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, C) scores and ids -> (B, min(width, C)) ids of the best, -1 where -inf."""
+    top, pos = torch.topk(scores, min(width, scores.shape[1]), dim=1)
+    return torch.where(torch.isinf(top), -1, torch.gather(ids, 1, pos))
+
+
+def _expand(parents: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
+    """parents: (B, W) node ids (-1: none), ptr: CSR pointers -> (B, C) child ids, -1 padded."""
+    ok = parents >= 0
+    p = parents.clamp(min=0)
+    lo = torch.where(ok, ptr[p], 0)
+    n = torch.where(ok, ptr[p + 1] - ptr[p], 0)
+    per_row = n.sum(1)
+    width = int(per_row.max()) if per_row.numel() else 0
+    b = parents.shape[0]
+    out = torch.full((b, max(width, 1)), -1, dtype=torch.int64, device=parents.device)
+    if width == 0:
+        return out
+    # Flat list of (row, child) pairs: child = lo of its parent + rank within the parent.
+    flat_n = n.reshape(-1)
+    total = int(flat_n.sum())
+    seg = torch.repeat_interleave(torch.arange(flat_n.numel(), device=p.device), flat_n)
+    seg_start = torch.cumsum(flat_n, 0) - flat_n
+    rank = torch.arange(total, device=p.device) - seg_start[seg]
+    child = lo.reshape(-1)[seg] + rank
+    row = seg // parents.shape[1]
+    row_start = torch.cumsum(per_row, 0) - per_row
+    col = torch.arange(total, device=p.device) - row_start[row]
+    out[row, col] = child
+    return out
+
+
+def _score_chunks(
+    model: RetrievalModel, u: torch.Tensor, emb: torch.Tensor, ids: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    parts = [
+        model.score_candidates(u, emb[ids[:, c0 : c0 + chunk]]).float()
+        for c0 in range(0, ids.shape[1], chunk)
+    ]
+    return torch.cat(parts, dim=1)
+
+
+def _excluded(
+    items: torch.Tensor, users: np.ndarray, exclude: Interactions, device: torch.device
+) -> torch.Tensor:
+    """(B, C) bool: candidate (row, item) pairs listed in ``exclude`` for the row's user."""
+    rows, cols = exclude.gather(users)
+    if len(rows) == 0:
+        return torch.zeros_like(items, dtype=torch.bool)
+    n = max(int(items.max()) + 1, int(cols.max()) + 1, 1)
+    keys = torch.from_numpy(rows * n + cols).to(device)
+    cand = torch.arange(items.shape[0], device=device)[:, None] * n + items
+    return torch.isin(cand, keys) & (items >= 0)
