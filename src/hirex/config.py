@@ -73,6 +73,13 @@ class ModelConfig:
     item_text: bool = False
     """Add a hashed bag-of-words embedding of item text to the item tower."""
     text_buckets: int = 65536
+    init: Literal["random", "spectral"] = "random"
+    """spectral: start the pooled-history dot model from the top ``dim`` singular vectors of the
+    normalised training matrix (the low-pass filter of GF-CF), then train from there."""
+    spectral_alpha: float = 0.3
+    """Spectral init: embedding gains sqrt(sigma^2 + alpha) over the singular values sigma."""
+    spectral_scale: float = 10.0
+    """Spectral init: embeddings scaled so that the mean best score of a user is this logit."""
 
 
 @dataclass(frozen=True)
@@ -126,11 +133,45 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    """The hierarchical index over the item memory (HILL) and how it is learned."""
+
+    method: Literal["none", "joint", "em", "posthoc"] = "none"
+    """joint: learned with the model (HILL); em: k-means assignment alternating with training;
+    posthoc: residual k-means on the trained item embeddings; none: no index."""
+    levels: tuple[int, ...] = (64, 16)
+    """Codewords per level (2 to 4 levels is typical); a node is a path prefix of codes."""
+    start_epoch: int = 1
+    """Joint / EM: epochs of plain training before the index losses start (codewords are then
+    initialised by residual k-means on the item embeddings)."""
+    warmup_steps: int = 500
+    """Joint / EM: the index loss weight ramps linearly from 0 to 1 over these steps."""
+    alpha_min: float = 1.0
+    alpha_max: float = 50.0
+    """Joint: attention sharpness over distances divided by their row mean, annealed
+    alpha_min + (alpha_max - alpha_min) * (t / T) ** alpha_power from soft to hard."""
+    alpha_power: float = 2.0
+    level_weight: float = 1.0
+    """Weight of the retrieval loss on (user, pseudo-item) pairs, averaged over levels."""
+    recon_weight: float = 1.0
+    """Weight of ||q_L - v||^2, the last level's reconstruction of the item embedding."""
+    balance_weight: float = 0.1
+    """Weight of the balance regulariser: K * sum_k (assignment mass of node k)^2 - 1, over an
+    exponential average of recent batches (0 when nodes are used evenly)."""
+    align_weight: float = 0.1
+    """Weight of KL(item-level scores || level scores) over each batch's candidates."""
+    kmeans_iters: int = 20
+    beam: tuple[int, ...] = (8,)
+    """Default beam width per level for search (one value: every level)."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
 
 
 class ConfigError(ValueError):
@@ -164,7 +205,13 @@ def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "index": IndexConfig,
+}
 
 
 def config_from_dict(raw: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
@@ -226,6 +273,17 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError("train.num_negatives must be >= 0")
     if cfg.eval.ks and min(cfg.eval.ks) <= 0:
         raise ConfigError("eval.ks must be a list of positive cut-offs")
+    ic = cfg.index
+    if not 1 <= len(ic.levels) <= 8 or min(ic.levels) < 2:
+        raise ConfigError(f"index.levels must be 1 to 8 codebook sizes >= 2, got {list(ic.levels)}")
+    if not ic.beam or min(ic.beam) < 1 or len(ic.beam) not in (1, len(ic.levels)):
+        raise ConfigError("index.beam must be one width, or one per level, each >= 1")
+    if ic.start_epoch < 0 or ic.warmup_steps < 0 or ic.kmeans_iters < 1:
+        raise ConfigError("index.start_epoch, index.warmup_steps must be >= 0, kmeans_iters >= 1")
+    if not 0 < ic.alpha_min <= ic.alpha_max or ic.alpha_power <= 0:
+        raise ConfigError("index: need 0 < alpha_min <= alpha_max and alpha_power > 0")
+    if min(ic.level_weight, ic.recon_weight, ic.balance_weight, ic.align_weight) < 0:
+        raise ConfigError("index loss weights must be >= 0")
     if cfg.model.user_encoder == "none" and not cfg.model.use_user_id:
         raise ConfigError(
             "model.user_encoder = 'none' needs model.use_user_id = true: the user tower "
@@ -272,8 +330,10 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
-    d["eval"]["ks"] = list(d["eval"]["ks"])
-    return {s: {k: v for k, v in sec.items() if v is not None} for s, sec in d.items()}
+    return {
+        s: {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items() if v is not None}
+        for s, sec in d.items()
+    }
 
 
 def config_to_toml(cfg: RunConfig) -> str:

@@ -13,12 +13,21 @@ temperature, differentiable: used while learning the index jointly with the mode
 from __future__ import annotations
 
 from collections.abc import Sequence
+import json
+import os
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import torch
+from safetensors.torch import save
 from torch import nn
+
+from hirex.atomic_files import atomic_write_bytes
+from hirex.models.retrieval_model import read_safetensors
+
+CODEBOOKS_FORMAT = "hirex-codebooks"
+CODEBOOKS_VERSION = 1
 
 # Prefix keys (c_1 * K_2 + c_2) * K_3 + ... must fit in int64.
 MAX_PATHS = 2**62
@@ -61,12 +70,16 @@ class ResidualCodebooks(nn.Module):
 
     def soft(self, items: torch.Tensor, alpha: float) -> SoftAssignment:
         """items: (N, Q, D) -> soft residual quantization with attention sharpness ``alpha``:
-        a = softmax(-alpha * ||r_l - c_k||), cbar_l = a @ C_l, r_{l+1} = r_l - cbar_l."""
+        a = softmax(-alpha * d / mean(d)), d_k = ||r_l - c_k||, cbar_l = a @ C_l,
+        r_{l+1} = r_l - cbar_l.  Distances are divided by their (detached) row mean so that
+        alpha does not depend on the scale of the embeddings."""
         r = items.reshape(items.shape[0], -1).float()
         q = torch.zeros_like(r)
         pseudo, probs = [], []
         for codes in self.codewords:
-            a = torch.softmax(-alpha * torch.cdist(r, codes), dim=1)
+            dist = torch.cdist(r, codes)
+            dist = dist / dist.mean(1, keepdim=True).detach().clamp(min=1e-12)
+            a = torch.softmax(-alpha * dist, dim=1)
             cbar = a @ codes
             q = q + cbar
             r = r - cbar
@@ -133,3 +146,25 @@ class ResidualCodebooks(nn.Module):
             _, assign = km.index.search(residual, 1)
             residual = residual - centroids[assign[:, 0]]
             cw.data.copy_(torch.from_numpy(centroids).to(cw.device))
+
+
+def save_codebooks(codebooks: ResidualCodebooks, path: str | os.PathLike) -> None:
+    """Codewords and user maps in one safetensors file, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in codebooks.state_dict().items()}
+    meta = {
+        "format": CODEBOOKS_FORMAT,
+        "version": str(CODEBOOKS_VERSION),
+        "shape": json.dumps({"sizes": codebooks.sizes, "q": codebooks.q, "dim": codebooks.dim}),
+    }
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_codebooks(path: str | os.PathLike) -> ResidualCodebooks:
+    tensors, meta = read_safetensors(path, CODEBOOKS_FORMAT, CODEBOOKS_VERSION)
+    try:
+        shape = json.loads(meta["shape"])
+        codebooks = ResidualCodebooks(shape["sizes"], shape["q"], shape["dim"])
+        codebooks.load_state_dict(tensors, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: codebooks file is damaged ({err})") from err
+    return codebooks

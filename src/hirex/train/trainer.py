@@ -24,7 +24,10 @@ from tqdm.auto import tqdm
 from hirex.config import ConfigError, RunConfig, config_to_dict
 from hirex.data.interactions import Dataset, Interactions
 from hirex.eval.protocols import default_ks, evaluate
+from hirex.index.codebooks import ResidualCodebooks, load_codebooks, save_codebooks
+from hirex.index.learning import IndexLearner
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
+from hirex.models.spectral import check_spectral, spectral_init
 from hirex.train.batches import (
     PairBatches,
     SequenceBatch,
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
 REFIT_CHECKPOINT = "checkpoint-refit.safetensors"
 MODEL = "model.safetensors"
+CODEBOOKS = "codebooks.safetensors"
 
 
 @dataclass
@@ -51,6 +55,8 @@ class TrainResult:
     best_epoch: int
     best_valid: dict[str, float]
     train_seconds: float
+    codebooks: ResidualCodebooks | None = None
+    """The index codebooks learned with the model (index.method joint or em)."""
 
 
 def select_metric(cfg: RunConfig, dataset: Dataset) -> str:
@@ -112,9 +118,12 @@ def train_model(
             result.best_epoch,
             result.best_valid,
             result.train_seconds + refit.train_seconds,
+            refit.codebooks,
         )
     if out is not None:
         result.model.save(out / MODEL, extra={"best_epoch": str(result.best_epoch)})
+        if result.codebooks is not None:
+            save_codebooks(result.codebooks, out / CODEBOOKS)
     return result
 
 
@@ -136,13 +145,14 @@ class _Loop:
         self.device, self.progress = device, progress
         tc = cfg.train
         torch.manual_seed(tc.seed)
-        self.model = build_model(cfg, dataset).to(device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=tc.lr,
-            weight_decay=tc.weight_decay,
-            betas=(0.9, tc.adam_beta2),
-        )
+        self.model = build_model(cfg, dataset)
+        t_init = time.perf_counter()
+        if cfg.model.init == "spectral":
+            check_spectral(self.model)
+            if self.ckpt is None or not self.ckpt.exists():  # a resumed run loads its weights
+                spectral_init(self.model, train, tc.seed)
+        self.init_seconds = time.perf_counter() - t_init  # counted as training time
+        self.model = self.model.to(device)
         if self.model.sequential:
             self.batches: PairBatches | SequenceBatches | UserTargetBatches = SequenceBatches(
                 train, tc.batch_size, tc.seed, cfg.model.max_history
@@ -159,6 +169,20 @@ class _Loop:
                 "no training examples: every user needs at least one training item "
                 "(two for sequences)"
             )
+        self.indexer: IndexLearner | None = None
+        if cfg.index.method in ("joint", "em"):
+            self.indexer = IndexLearner(
+                cfg.index, self.model, len(self.batches), tc.epochs, tc.seed
+            )
+        params = list(self.model.parameters())
+        if self.indexer is not None:
+            params += self.indexer.parameters()
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=tc.lr,
+            weight_decay=tc.weight_decay,
+            betas=(0.9, tc.adam_beta2),
+        )
         n = dataset.n_items
         freq = np.maximum(counts, 1) / max(counts.sum(), 1)
         self.log_freq = torch.from_numpy(np.log(freq)).float().to(device)
@@ -202,13 +226,22 @@ class _Loop:
                 per_row = torch.bincount(rows, minlength=u.shape[0]).clamp(min=1).float()
                 weights = 1.0 / (per_row[rows] * int((per_row > 0).sum()))
             if tc.loss == "softmax":
-                scores = self.model.score(u, self.model.encode_items()).float()
-                return full_softmax_loss(scores, pos, weights, rows)
+                candidates = torch.arange(self.dataset.n_items, device=self.device)
+                items = self.model.encode_items(candidates)
+                scores = self.model.score(u, items).float()
+                loss = full_softmax_loss(scores, pos, weights, rows)
+                if self.indexer is None:
+                    return loss
+                per_pos = scores[rows] if rows is not None else scores
+                log_q = torch.zeros(len(candidates), device=self.device)
+                return loss + self._index_loss(
+                    epoch, step, u, rows, items, per_pos, candidates, pos, pos, log_q, weights
+                )
             # Candidates: the batch's positives (in-batch) and shared sampled items, each with
             # the log of its expected count under the distribution it came from.
             m = len(pos)
             cands = [pos]
-            log_q = [
+            log_qs = [
                 self.log_freq[pos] + math.log(m)
                 if tc.in_batch_negatives
                 else torch.zeros(m, device=self.device)
@@ -218,9 +251,11 @@ class _Loop:
                 sampled = np.searchsorted(self.sample_cdf, rng.random(tc.num_negatives))
                 sampled = torch.from_numpy(np.minimum(sampled, self.dataset.n_items - 1))
                 cands.append(sampled.to(self.device))
-                log_q.append(self.log_sample_p[cands[-1]] + math.log(tc.num_negatives))
+                log_qs.append(self.log_sample_p[cands[-1]] + math.log(tc.num_negatives))
             candidates = torch.cat(cands)
-            scores = self.model.score(u, self.model.encode_items(candidates)).float()
+            log_q = torch.cat(log_qs)
+            items = self.model.encode_items(candidates)
+            scores = self.model.score(u, items).float()
             if rows is not None:
                 scores = scores[rows]
             pos_col = torch.arange(m, device=self.device)
@@ -230,7 +265,7 @@ class _Loop:
                 scores[:, :m] = scores[:, :m].masked_fill(other, float("-inf"))
             if tc.loss == "ccl":
                 cos = scores * self.cfg.model.temperature if self.cfg.model.cosine else scores
-                return cosine_contrastive_loss(
+                loss = cosine_contrastive_loss(
                     cos,
                     candidates,
                     pos_col,
@@ -239,12 +274,27 @@ class _Loop:
                     tc.ccl_negative_weight,
                     weights,
                 )
-            return sampled_softmax_loss(scores, candidates, pos_col, pos, torch.cat(log_q), weights)
+            else:
+                loss = sampled_softmax_loss(scores, candidates, pos_col, pos, log_q, weights)
+            return loss + self._index_loss(
+                epoch, step, u, rows, items, scores, candidates, pos_col, pos, log_q, weights
+            )
+
+    def _index_loss(self, epoch: int, step: int, *args: Any) -> torch.Tensor:
+        if self.indexer is None:
+            return torch.zeros((), device=self.device)
+        return self.indexer.loss(self.model, epoch, step, *args)
 
     # ---- the loop ---------------------------------------------------------------------------
+    def _saved_modules(self) -> torch.nn.Module:
+        """What a checkpoint holds: the model, and the codebooks when the index is learned."""
+        if self.indexer is None:
+            return self.model
+        return torch.nn.ModuleDict({"model": self.model, "index": self.indexer.codebooks})
+
     def _save(self, state: dict[str, Any]) -> None:
         if self.ckpt is not None:
-            save_checkpoint(self.ckpt, self.model, self.optimizer, state)
+            save_checkpoint(self.ckpt, self._saved_modules(), self.optimizer, state)
 
     def run(self, validate: bool) -> TrainResult:
         tc = self.cfg.train
@@ -258,12 +308,13 @@ class _Loop:
             "best_epoch": -1,
             "bad": 0,
             "epochs": [],
-            "seconds": 0.0,
+            "seconds": self.init_seconds,
             "done": False,
         }
         best_weights: dict[str, torch.Tensor] | None = None
+        best_codebooks: dict[str, torch.Tensor] | None = None
         if self.ckpt is not None and self.ckpt.exists():
-            state = load_checkpoint(self.ckpt, self.model, self.optimizer)
+            state = load_checkpoint(self.ckpt, self._saved_modules(), self.optimizer)
             if state["config"] != cfg_dict:
                 raise ConfigError(
                     f"{self.ckpt} was written with another config; train into a new output "
@@ -275,6 +326,8 @@ class _Loop:
             best_path = self.out / MODEL if self.out is not None else None
             if validate and best_path is not None and best_path.exists():
                 best_weights = RetrievalModel.load(best_path).state_dict()
+                if self.indexer is not None and (self.out / CODEBOOKS).exists():
+                    best_codebooks = load_codebooks(self.out / CODEBOOKS).state_dict()
         steps = len(self.batches)
         t_start = time.perf_counter() - state["seconds"]
         while not state["done"] and state["epoch"] < tc.epochs:
@@ -290,6 +343,8 @@ class _Loop:
                 leave=False,
             )
             t_epoch, first_step = time.perf_counter(), state["step"]
+            if self.indexer is not None and state["step"] == 0:
+                self.indexer.epoch_start(self.model, epoch)
             for step in bar:
                 loss = self._loss(epoch, step)
                 if not torch.isfinite(loss):
@@ -329,8 +384,12 @@ class _Loop:
                 if state["best"] is None or value > state["best"]:
                     state.update(best=value, best_epoch=epoch, bad=0)
                     best_weights = copy.deepcopy(self.model.state_dict())
+                    if self.indexer is not None:
+                        best_codebooks = copy.deepcopy(self.indexer.codebooks.state_dict())
                     if self.out is not None:
                         self.model.save(self.out / MODEL, extra={"best_epoch": str(epoch)})
+                        if self.indexer is not None:
+                            save_codebooks(self.indexer.codebooks, self.out / CODEBOOKS)
                 else:
                     state["bad"] += 1
                     if state["bad"] >= tc.patience:
@@ -351,10 +410,17 @@ class _Loop:
             self._save(state)
         if validate and best_weights is not None:
             self.model.load_state_dict(best_weights)
+            if self.indexer is not None and best_codebooks is not None:
+                self.indexer.codebooks.load_state_dict(best_codebooks)
         best_valid = {}
         if validate and state["epochs"]:
             best_valid = state["epochs"][state["best_epoch"]].get("valid", {})
         self.model.eval()
         return TrainResult(
-            self.model, state["epochs"], state["best_epoch"], best_valid, state["seconds"]
+            self.model,
+            state["epochs"],
+            state["best_epoch"],
+            best_valid,
+            state["seconds"],
+            self.indexer.codebooks if self.indexer is not None else None,
         )
