@@ -4,12 +4,15 @@
 <run>/model.safetensors        the trained model (weights + model config)
 <run>/checkpoint.safetensors   resumable training state
 <run>/metrics.json             per-epoch validation, final test metrics, timings
+<run>/codebooks.safetensors    index codebooks learned with the model (index.method joint / em)
+<run>/index/                   the hierarchical index with its model (index.method != none)
 <run>/user_ids.json, item_ids.json   original ids, when the data had them
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,15 @@ from hirex.atomic_files import atomic_write_json
 from hirex.config import DataConfig, RunConfig, load_config, save_config
 from hirex.data.interactions import Dataset
 from hirex.data.registry import load_dataset
-from hirex.eval.protocols import evaluate
+from hirex.eval.protocols import evaluate, evaluate_index
+from hirex.index.build import build_index
+from hirex.index.files import save_index
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
 from hirex.train.trainer import MODEL, TrainResult, eval_ks, train_model
 
 METRICS_FORMAT = "hirex-metrics"
 METRICS_VERSION = 1
+INDEX_DIR = "index"
 
 
 def dataset_from_config(cfg: DataConfig) -> Dataset:
@@ -72,12 +78,43 @@ def finish_run(
         "exhaustive_users_per_second": round(test.users_per_second, 1),
         "epochs": result.epochs,
     }
+    if cfg.index.method != "none":
+        report["index"] = index_run(cfg, dataset, result, out)
     atomic_write_json(out / "metrics.json", report)
     if dataset.user_ids is not None:
         dataset.user_ids.save(out / "user_ids.json")
     if dataset.item_ids is not None:
         dataset.item_ids.save(out / "item_ids.json")
     return report
+
+
+def index_run(
+    cfg: RunConfig, dataset: Dataset, result: TrainResult, out: str | os.PathLike
+) -> dict[str, Any]:
+    """Build the run's index (learned codebooks, or post hoc), write <out>/index and report
+    test metrics through it at ``index.beam``."""
+    t0 = time.perf_counter()
+    index = build_index(result.model, cfg.index, result.codebooks, seed=cfg.train.seed)
+    build_seconds = time.perf_counter() - t0
+    save_index(Path(out) / INDEX_DIR, index, result.model, info={"method": cfg.index.method})
+    ev = evaluate_index(
+        result.model,
+        index,
+        dataset,
+        "test",
+        eval_ks(cfg, dataset),
+        cfg.index.beam,
+        user_batch=cfg.eval.user_batch,
+    )
+    return {
+        "method": cfg.index.method,
+        "levels": list(cfg.index.levels),
+        "beam": list(cfg.index.beam),
+        "build_seconds": round(build_seconds, 2),
+        "test": ev.metrics,
+        **{k: round(v, 5) for k, v in (ev.cost or {}).items()},
+        "stats": index.stats(),
+    }
 
 
 @dataclass(frozen=True)
@@ -117,6 +154,7 @@ def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Pa
             "checkpoint-refit.safetensors",
             MODEL,
             "metrics.json",
+            "codebooks.safetensors",
         ):
             (out / name).unlink(missing_ok=True)
     saved = out / "config.toml"

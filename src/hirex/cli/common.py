@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pathlib import Path
+
 from hirex.config import RunConfig, apply_overrides, load_config
 
 
@@ -55,3 +57,40 @@ def _toml_str(value: str) -> str:
 def print_metrics(title: str, metrics: dict[str, float]) -> None:
     shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     print(f"{title}: {shown}")
+
+
+def add_index_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--index",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="search through a hierarchical index instead of scoring every item (DIR defaults "
+        "to <run>/index; build one with `hirex index build`)",
+    )
+    p.add_argument(
+        "--beam",
+        help="with --index: nodes kept per level, one width or one per level, e.g. 8 or 4,16 "
+        "(default: the run's index.beam)",
+    )
+
+
+def open_index(args: argparse.Namespace, run):
+    """(model, index) from --index, or None when searching exhaustively."""
+    from hirex.index.files import load_index
+    from hirex.models.retrieval_model import resolve_device
+    from hirex.runs import INDEX_DIR
+
+    if args.index is None:
+        if args.beam:
+            raise ValueError("--beam needs --index")
+        return None
+    path = Path(args.index) if args.index else Path(run.path) / INDEX_DIR
+    model, index = load_index(path, device=resolve_device(args.device))
+    if (model.n_users, model.n_items) != (run.model.n_users, run.model.n_items):
+        raise ValueError(f"{path} was built for another model than the run {run.path}'s")
+    return model, index
+
+
+def beam_of(args: argparse.Namespace, run) -> str | tuple[int, ...]:
+    return args.beam or run.config.index.beam

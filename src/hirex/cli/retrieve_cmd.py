@@ -12,17 +12,20 @@ from pathlib import Path
 import numpy as np
 
 from hirex.atomic_files import atomic_write_text
+from hirex.cli.common import add_index_options, beam_of, open_index
 from hirex.index.exhaustive import exhaustive_topk
+from hirex.index.search import beam_search
 from hirex.runs import load_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "retrieve",
-        help="top-K items for users of a trained run (exhaustive exact scoring)",
+        help="top-K items for users of a trained run (exhaustive, or through an index)",
         description="Score every item for each user with the run's model and return the K "
-        "best, masking the items the user already has. Users and items are in the data's "
-        "original ids.",
+        "best, masking the items the user already has; with --index, beam search through the "
+        "hierarchical index and rank the items under the kept nodes with the full model. Users "
+        "and items are in the data's original ids.",
     )
     p.add_argument("--run", required=True, help="run folder written by `hirex train`")
     who = p.add_mutually_exclusive_group(required=True)
@@ -42,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not mask items the user already interacted with",
     )
+    add_index_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     p.set_defaults(func=run)
 
@@ -60,15 +64,23 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("no user ids given")
         dense = _to_dense(raw, ds.user_ids, ds.n_users)
     history = ds.history("test")
-    top = exhaustive_topk(
-        r.model,
-        dense,
-        history,
-        args.k,
-        exclude=None if args.keep_seen else history,
-        user_batch=r.config.eval.user_batch,
-        item_chunk=r.config.eval.item_chunk,
-    )
+    exclude = None if args.keep_seen else history
+    index = open_index(args, r)
+    if index is not None:
+        model, ix = index
+        top = beam_search(
+            model, ix, dense, history, args.k, beam_of(args, r), exclude=exclude
+        ).topk
+    else:
+        top = exhaustive_topk(
+            r.model,
+            dense,
+            history,
+            args.k,
+            exclude=exclude,
+            user_batch=r.config.eval.user_batch,
+            item_chunk=r.config.eval.item_chunk,
+        )
     users_out = ds.user_ids.to_raw(dense) if ds.user_ids is not None else dense.tolist()
     rows = []
     for u, ids, scores in zip(users_out, top.ids.numpy(), top.scores.numpy(), strict=True):

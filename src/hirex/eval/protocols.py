@@ -18,6 +18,8 @@ import numpy as np
 from hirex.data.interactions import Dataset, Interactions
 from hirex.eval.metrics import MetricAccumulator
 from hirex.index.exhaustive import exhaustive_topk, item_embeddings
+from hirex.index.hierarchy import HierarchicalIndex
+from hirex.index.search import beam_search
 from hirex.models.retrieval_model import RetrievalModel
 
 PROTOCOL_KS = {"set": (20,), "sequence": (5, 10)}
@@ -32,6 +34,8 @@ class Evaluation:
     metrics: dict[str, float]
     n_users: int
     seconds: float
+    cost: dict[str, float] | None = None
+    """Index search only: items_scored_fraction, items_scored and nodes_scored per user."""
 
     @property
     def users_per_second(self) -> float:
@@ -100,3 +104,38 @@ def evaluate(
         return top.ids.numpy()
 
     return evaluate_ranker(ranker, dataset, split, ks, max_users=max_users)
+
+
+def evaluate_index(
+    model: RetrievalModel,
+    index: HierarchicalIndex,
+    dataset: Dataset,
+    split: Literal["valid", "test"] = "test",
+    ks: tuple[int, ...] | None = None,
+    beam: int | str | tuple[int, ...] = 8,
+    *,
+    user_batch: int = 256,
+    max_users: int | None = None,
+) -> Evaluation:
+    """Full-ranking metrics of beam search through ``index`` (history items masked), with the
+    search cost: the mean share of the active items the full model scored per user."""
+    items_scored: list[np.ndarray] = []
+    nodes_scored: list[np.ndarray] = []
+
+    def ranker(users: np.ndarray, history: Interactions, k: int) -> np.ndarray:
+        res = beam_search(
+            model, index, users, history, k, beam, exclude=history, user_batch=user_batch
+        )
+        items_scored.append(res.items_scored)
+        nodes_scored.append(res.nodes_scored)
+        return res.topk.ids.numpy()
+
+    ev = evaluate_ranker(ranker, dataset, split, ks, max_users=max_users)
+    items = np.concatenate(items_scored) if items_scored else np.zeros(1)
+    nodes = np.concatenate(nodes_scored) if nodes_scored else np.zeros(1)
+    cost = {
+        "items_scored_fraction": float(items.mean() / max(index.n_active, 1)),
+        "items_scored": float(items.mean()),
+        "nodes_scored": float(nodes.mean()),
+    }
+    return Evaluation(ev.metrics, ev.n_users, ev.seconds, cost)

@@ -87,6 +87,11 @@ class HierarchicalIndex:
         return int(self.active.sum())
 
     @property
+    def node_keys(self) -> list[np.ndarray]:
+        """Per level, the sorted prefix keys of every node, empty ones included."""
+        return self._node_keys
+
+    @property
     def levels(self) -> list[Level]:
         if self._levels is None:
             self._rebuild()
@@ -206,23 +211,41 @@ class HierarchicalIndex:
 
     # ---- checks ----------------------------------------------------------------------------
     def check(self) -> None:
-        """Raise AssertionError if the derived arrays disagree with the item paths."""
+        """Raise ValueError if the derived arrays disagree with the item paths."""
         levels = self.levels
         member_ptr, members = self.members
-        assert len(members) == self.n_active
-        assert np.array_equal(np.sort(members), np.flatnonzero(self.active))
+        _require(len(members) == self.n_active, "members must list every active item once")
+        _require(
+            np.array_equal(np.sort(members), np.flatnonzero(self.active)),
+            "members must be exactly the active items",
+        )
         for level, lv in enumerate(levels):
-            assert np.all(np.diff(lv.keys) > 0), "node keys must be sorted and unique"
-            assert lv.count.sum() == self.n_active
+            _require(bool(np.all(np.diff(lv.keys) > 0)), "node keys must be sorted and unique")
+            _require(int(lv.count.sum()) == self.n_active, f"level {level + 1} loses items")
             if level > 0:
                 above = levels[level - 1]
-                assert np.array_equal(above.keys[lv.parent], lv.keys // self.sizes[level])
+                _require(
+                    np.array_equal(above.keys[lv.parent], lv.keys // self.sizes[level]),
+                    f"level {level + 1} nodes point at the wrong parents",
+                )
                 sums = np.bincount(lv.parent, weights=lv.count, minlength=len(above.keys))
-                assert np.array_equal(sums.astype(np.int64), above.count)
-                assert np.array_equal(np.diff(above.child_ptr), np.bincount(lv.parent, minlength=len(above.keys)))
-            empty = lv.count == 0
-            assert np.all((lv.representative == -1) == empty)
-        assert np.array_equal(np.diff(member_ptr), levels[-1].count)
+                _require(
+                    np.array_equal(sums.astype(np.int64), above.count),
+                    f"level {level} counts differ from the sum of their children",
+                )
+                _require(
+                    np.array_equal(
+                        np.diff(above.child_ptr), np.bincount(lv.parent, minlength=len(above.keys))
+                    ),
+                    f"level {level} child pointers are wrong",
+                )
+            _require(
+                bool(np.all((lv.representative == -1) == (lv.count == 0))),
+                f"level {level + 1}: every non-empty node needs a representative item",
+            )
+        _require(
+            np.array_equal(np.diff(member_ptr), levels[-1].count), "member pointers are wrong"
+        )
 
     def stats(self) -> dict:
         """Level sizes, node-size balance and empty nodes."""
@@ -250,3 +273,8 @@ def _with_children(level: Level, child_ptr: np.ndarray) -> Level:
     return Level(
         level.keys, level.emb, level.count, level.parent, child_ptr.astype(np.int64), level.representative
     )
+
+
+def _require(ok: bool, problem: str) -> None:
+    if not ok:
+        raise ValueError(f"inconsistent index: {problem}")

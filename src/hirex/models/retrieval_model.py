@@ -154,9 +154,9 @@ class RetrievalModel(nn.Module):
 
 
 def read_safetensors(
-    path: str | os.PathLike, fmt: str, version: int
+    path: str | os.PathLike, fmt: str | None, version: int | None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file and check its format name and version."""
+    """Read a safetensors file and check its format name and version (None: no check)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
@@ -170,6 +170,8 @@ def read_safetensors(
         raise ValueError(
             f"{path}: not a readable safetensors file (truncated or corrupt?): {err}"
         ) from err
+    if fmt is None:
+        return tensors, meta
     if meta.get("format") != fmt:
         raise ValueError(f"{path}: expected a {fmt} file, found format {meta.get('format')!r}")
     if meta.get("version") != str(version):

@@ -1,0 +1,125 @@
+"""The index structure: paths, CSR arrays, representatives, online add/remove."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hirex.index.codebooks import ResidualCodebooks
+from hirex.index.hierarchy import HierarchicalIndex
+
+
+def clustered_items(n_clusters=4, per=25, dim=8, seed=0):
+    """Items in well-separated clusters: level-1 nodes must recover the clusters."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_clusters, dim, generator=g) * 10
+    labels = torch.arange(n_clusters).repeat_interleave(per)
+    items = centres[labels] + 0.1 * torch.randn(len(labels), dim, generator=g)
+    return items[:, None, :], labels
+
+
+def test_kmeans_level_one_recovers_known_clusters():
+    items, labels = clustered_items()
+    cb = ResidualCodebooks([4, 3], 1, 8)
+    cb.fit_kmeans(items, seed=0)
+    index = HierarchicalIndex(cb, items)
+    index.check()
+    top = index.codes[:, 0].numpy()
+    # Every known cluster maps to exactly one level-1 node, and vice versa.
+    pairs = set(zip(labels.numpy().tolist(), top.tolist()))
+    assert len(pairs) == 4 and len({p[1] for p in pairs}) == 4
+
+
+def test_csr_arrays_match_a_plain_loop():
+    items, _ = clustered_items(n_clusters=6, per=20)
+    cb = ResidualCodebooks([6, 4, 3], 1, 8)
+    cb.fit_kmeans(items, seed=1)
+    index = HierarchicalIndex(cb, items)
+    codes = index.codes.numpy()
+    # Reference: the children / members of each node computed with dicts.
+    for level, lv in enumerate(index.levels):
+        for node, key in enumerate(lv.keys):
+            path = tuple(index._keys_to_codes(np.array([key]), level)[0])
+            under = [i for i in range(index.n_items) if tuple(codes[i, : level + 1]) == path]
+            assert lv.count[node] == len(under)
+            emb = cb.decode(torch.tensor([path])).reshape(-1)
+            flat = items.reshape(len(items), -1)
+            d = ((flat[under] - emb) ** 2).sum(1)
+            assert lv.representative[node] == under[int(d.argmin())]
+            if level + 1 < len(index.levels):
+                below = index.levels[level + 1]
+                kids = below.keys[lv.child_ptr[node] : lv.child_ptr[node + 1]]
+                assert all(k // index.sizes[level + 1] == key for k in kids)
+                want = {tuple(codes[i, : level + 2]) for i in under}
+                assert len(kids) == len(want)
+            else:
+                ptr, members = index.members
+                assert sorted(members[ptr[node] : ptr[node + 1]].tolist()) == under
+
+
+def test_pseudo_item_of_a_node_is_the_sum_of_its_codewords():
+    items, _ = clustered_items()
+    cb = ResidualCodebooks([4, 3], 1, 8)
+    cb.fit_kmeans(items)
+    index = HierarchicalIndex(cb, items)
+    lv = index.levels[1]
+    codes = index._keys_to_codes(lv.keys, 1)
+    want = cb.codewords[0][codes[:, 0]] + cb.codewords[1][codes[:, 1]]
+    assert torch.allclose(lv.emb.reshape(len(codes), -1), want)
+
+
+def test_remove_last_item_of_a_node_then_add_to_the_empty_node():
+    items, _ = clustered_items()
+    cb = ResidualCodebooks([4, 3], 1, 8)
+    cb.fit_kmeans(items)
+    index = HierarchicalIndex(cb, items)
+    leaf = index.levels[-1]
+    ptr, members = index.members
+    node = int(np.argmin(np.where(leaf.count > 0, leaf.count, 10**9)))
+    owned = members[ptr[node] : ptr[node + 1]].copy()
+    key = leaf.keys[node]
+    index.remove_items(owned)
+    index.check()
+    assert index.levels[-1].keys[node] == key  # the node stays, empty
+    assert index.levels[-1].count[node] == 0 and index.levels[-1].representative[node] == -1
+    assert not np.isin(owned, index.members[1]).any()
+    # A new item equal to a removed one lands back on the empty node.
+    new = index.add_items(items[owned[:1]] + 1e-4)
+    index.check()
+    assert index.levels[-1].count[node] == 1
+    assert index.levels[-1].representative[node] == new[0]
+    assert new[0] == items.shape[0]  # appended after the last id
+    # Updating an existing id moves it; the structure stays consistent.
+    index.add_items(items[:1] * 0 + items[-1:], ids=np.array([0]))
+    index.check()
+    assert torch.equal(index.codes[0], index.codes[len(items) - 1])
+
+
+def test_bad_maintenance_inputs_are_clear_errors():
+    items, _ = clustered_items()
+    cb = ResidualCodebooks([4, 3], 1, 8)
+    cb.fit_kmeans(items)
+    index = HierarchicalIndex(cb, items)
+    with pytest.raises(ValueError, match="embeddings must be"):
+        index.add_items(torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="repeat"):
+        index.add_items(torch.zeros(2, 1, 8), ids=np.array([3, 3]))
+    with pytest.raises(ValueError, match="lie in"):
+        index.remove_items(np.array([10**6]))
+    with pytest.raises(ValueError, match="fill an index level"):
+        ResidualCodebooks([500], 1, 8).fit_kmeans(items)
+    with pytest.raises(ValueError, match="levels"):
+        ResidualCodebooks([1], 1, 8)
+
+
+def test_stats_report_sizes_balance_and_empty_nodes():
+    items, _ = clustered_items()
+    cb = ResidualCodebooks([4, 3], 1, 8)
+    cb.fit_kmeans(items)
+    index = HierarchicalIndex(cb, items)
+    index.remove_items(np.arange(25))  # empty one whole cluster
+    stats = index.stats()
+    assert stats["n_active"] == 75
+    assert stats["levels"][0]["nodes"] == 4 and stats["levels"][0]["empty_nodes"] == 1
+    assert stats["levels"][0]["items_per_node_mean"] == 25.0

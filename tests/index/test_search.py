@@ -1,0 +1,121 @@
+"""Beam search against exhaustive scoring, the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hirex.config import ModelConfig
+from hirex.index.codebooks import ResidualCodebooks
+from hirex.index.exhaustive import exhaustive_topk, item_embeddings
+from hirex.index.hierarchy import HierarchicalIndex
+from hirex.index.search import beam_search, parse_beam
+from hirex.models.retrieval_model import RetrievalModel
+
+
+def model_and_index(data, scorer, levels=(6, 4, 3), seed=0):
+    ds, _ = data
+    torch.manual_seed(seed)
+    cfg = ModelConfig(dim=16, scorer=scorer, init_std=0.1, mol_item_embs=2, mol_user_embs=3)
+    model = RetrievalModel(cfg, ds.n_users, ds.n_items).eval()
+    items = item_embeddings(model)
+    cb = ResidualCodebooks(levels, items.shape[1], items.shape[2])
+    cb.fit_kmeans(items, seed=seed)
+    # Non-identity user maps: the level scorers differ from the item scorer.
+    with torch.no_grad():
+        for w in cb.user_maps:
+            w.add_(0.3 * torch.randn_like(w))
+    return ds, model, HierarchicalIndex(cb, items)
+
+
+@pytest.mark.parametrize("scorer", ["dot", "mol"])
+def test_score_candidates_equals_gathered_full_scores(tiny_set_data, scorer):
+    ds, model, index = model_and_index(tiny_set_data, scorer)
+    from hirex.models.user_batch import UserBatch
+
+    u = model.encode_users(UserBatch.from_interactions(ds.train, np.arange(5)))
+    ids = torch.randint(0, ds.n_items, (5, 7))
+    full = model.score(u, index.item_emb)
+    per_row = model.score_candidates(u, index.item_emb[ids])
+    assert torch.allclose(per_row, torch.gather(full, 1, ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("scorer", ["dot", "mol"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_beam_keeping_every_node_is_exactly_exhaustive(tiny_set_data, scorer, seed):
+    ds, model, index = model_and_index(tiny_set_data, scorer, seed=seed)
+    users = np.arange(ds.n_users)
+    hist = ds.history("test")
+    got = beam_search(model, index, users, hist, 20, 10**6, exclude=hist, user_batch=97)
+    want = exhaustive_topk(model, users, hist, 20, exclude=hist, items=index.item_emb)
+    assert torch.equal(got.topk.ids, want.ids)
+    assert torch.allclose(got.topk.scores, want.scores, atol=1e-5)
+    # With every node kept, every eligible item was scored and every node visited.
+    n_nodes = sum(len(lv.keys) for lv in index.levels)
+    assert np.all(got.nodes_scored == n_nodes)
+    assert np.array_equal(got.items_scored, ds.n_items - hist.lengths()[users])
+
+
+@pytest.mark.parametrize("scorer", ["dot", "mol"])
+def test_results_never_hold_excluded_or_removed_items(tiny_set_data, scorer):
+    ds, model, index = model_and_index(tiny_set_data, scorer)
+    rng = np.random.default_rng(0)
+    removed = rng.choice(ds.n_items, 100, replace=False)
+    index.remove_items(removed)
+    users = np.arange(ds.n_users)
+    hist = ds.history("test")
+    for beam in [1, 3, (2, 4, 8), 10**6]:
+        got = beam_search(model, index, users, hist, 30, beam, exclude=hist)
+        ids = got.topk.ids.numpy()
+        assert not np.isin(ids, removed).any()
+        for row, u in enumerate(users):
+            assert not np.isin(ids[row], hist.user_items(u)).any()
+            real = ids[row][ids[row] >= 0]
+            assert len(set(real.tolist())) == len(real)
+        # Padding sits at the end and comes with -inf scores.
+        assert torch.all(torch.isinf(got.topk.scores) == (got.topk.ids < 0))
+    # Exactness still holds over the remaining items.
+    got = beam_search(model, index, users, hist, 30, 10**6, exclude=hist)
+    keep = np.setdiff1d(np.arange(ds.n_items), removed)
+    extra = [removed] * len(users)
+    want = exhaustive_topk(
+        model, users, hist, 30, exclude=hist, exclude_ids=extra, items=index.item_emb
+    )
+    assert torch.equal(got.topk.ids, want.ids)
+    assert len(keep) == index.n_active
+
+
+def test_narrow_beam_scores_fewer_items_and_costs_add_up(tiny_set_data):
+    ds, model, index = model_and_index(tiny_set_data, "dot")
+    users = np.arange(50)
+    narrow = beam_search(model, index, users, ds.train, 10, 1)
+    wide = beam_search(model, index, users, ds.train, 10, (3, 3, 3))
+    assert narrow.items_scored.max() < wide.items_scored.max() <= ds.n_items
+    # Beam 1: one level-1 node's children, one level-2 node's children, one leaf's members.
+    leaf_max = index.levels[-1].count.max()
+    assert narrow.items_scored.max() <= leaf_max
+    assert np.all(narrow.nodes_scored <= 6 + 4 + 3)
+
+
+def test_new_item_is_found_through_the_index(tiny_set_data):
+    """An item added without retraining comes back for a user it fits best."""
+    ds, model, index = model_and_index(tiny_set_data, "dot")
+    from hirex.models.user_batch import UserBatch
+
+    u = model.encode_users(UserBatch.from_interactions(ds.train, np.array([0])))
+    new = index.add_items(u[:, :, :].detach() * 100)  # scores far above any existing item
+    got = beam_search(model, index, np.array([0]), ds.train, 5, 2)
+    assert got.topk.ids[0, 0].item() == new[0]
+
+
+def test_parse_beam_and_bad_arguments(tiny_set_data):
+    assert parse_beam(4, 3) == (4, 4, 4)
+    assert parse_beam("2,3,4", 3) == (2, 3, 4)
+    assert parse_beam([5], 2) == (5, 5)
+    for bad in ["2,x", "1,2", 0, (1, 2, 3, 4)]:
+        with pytest.raises(ValueError, match="beam"):
+            parse_beam(bad, 3)
+    ds, model, index = model_and_index(tiny_set_data, "dot")
+    with pytest.raises(ValueError, match="k must be positive"):
+        beam_search(model, index, np.arange(3), ds.train, 0, 2)
