@@ -147,7 +147,7 @@ class IndexConfig:
     warmup_steps: int = 500
     """Joint / EM: the index loss weight ramps linearly from 0 to 1 over these steps."""
     alpha_min: float = 1.0
-    alpha_max: float = 50.0
+    alpha_max: float = 500.0
     """Joint: attention sharpness over distances divided by their row mean, annealed
     alpha_min + (alpha_max - alpha_min) * (t / T) ** alpha_power from soft to hard."""
     alpha_power: float = 2.0

@@ -4,7 +4,7 @@ import pytest
 
 from hirex.cli.main import build_parser, main
 
-COMMANDS = ["demo", "train", "eval", "retrieve", "data"]
+COMMANDS = ["demo", "train", "eval", "retrieve", "data", "index"]
 SMALL = [
     "--data",
     "synthetic",

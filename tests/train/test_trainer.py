@@ -104,8 +104,8 @@ def test_checkpoint_of_another_config_is_refused(tiny_set_data, tmp_path):
     prepare_run_dir(_cfg("train.epochs=1", "train.lr=0.1"), tmp_path, restart=True)
 
 
-def _train_cmd(out: Path) -> list[str]:
-    sets = FAST + [
+def _train_cmd(out: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    sets = FAST + list(extra) + [
         "train.epochs=3",
         "train.checkpoint_every=3",
         "data.synthetic_users=1500",
@@ -128,34 +128,49 @@ def _train_cmd(out: Path) -> list[str]:
     return cmd
 
 
-def _checkpoint_step(path: Path) -> int:
+def _checkpoint_position(path: Path) -> tuple[int, int]:
+    """(epoch, step) of a checkpoint, (0, 0) while it is unreadable."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["state"])["step"]
+            state = json.loads(f.metadata()["state"])
+            return state["epoch"], state["step"]
     except Exception:
-        return 0
+        return 0, 0
 
 
-def test_kill_minus_nine_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+# The index variant is killed in its second epoch, after the codebooks joined the checkpoint.
+@pytest.mark.parametrize(
+    "extra, kill_epoch",
+    [
+        ((), 0),
+        (("index.method='joint'", "index.levels=[8,4]", "index.start_epoch=1"), 1),
+        (("index.method='em'", "index.levels=[8,4]", "index.start_epoch=1"), 1),
+    ],
+    ids=["model", "joint-index", "em-index"],
+)
+def test_kill_minus_nine_mid_epoch_then_resume_matches_uninterrupted(tmp_path, extra, kill_epoch):
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_train_cmd(full), check=True, env=env, capture_output=True)
+    subprocess.run(_train_cmd(full, extra), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(
-        _train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _train_cmd(killed, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     ckpt = killed / "checkpoint.safetensors"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and _checkpoint_step(ckpt) > 0:  # a mid-epoch checkpoint exists
+        epoch, step = _checkpoint_position(ckpt) if ckpt.exists() else (0, 0)
+        if epoch == kill_epoch and step > 0:  # a mid-epoch checkpoint exists
             break
         time.sleep(0.05)
     assert proc.poll() is None, "training finished before it could be killed mid-epoch"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "metrics.json").exists()
-    resumed = subprocess.run(_train_cmd(killed), env=env, capture_output=True, text=True)
+    resumed = subprocess.run(
+        _train_cmd(killed, extra), env=env, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     a = json.loads((full / "metrics.json").read_text())
@@ -163,6 +178,8 @@ def test_kill_minus_nine_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert a["test"] == b["test"] and a["valid"] == b["valid"]
     assert [e["loss"] for e in a["epochs"]] == pytest.approx([e["loss"] for e in b["epochs"]])
     assert np.isfinite(a["test"]["recall@20"])
+    if extra:
+        assert a["index"]["test"] == b["index"]["test"]
 
 
 def test_user_target_batches_split_each_user(tiny_set_data):

@@ -1,0 +1,232 @@
+"""Index quality against cost on a public dataset (shared by index_gowalla.py, index_beauty.py).
+
+For each index method (posthoc, joint, em) a model with the expressive scorer is trained with
+that method (resumable run folders under --out), its index is built, and test metrics are
+measured through beam search at several widths next to exhaustive scoring with the same model.
+faiss IVF-Flat and HNSW run on the embeddings of a dot-product model at matched budgets.
+Writes benchmarks/results/<name>.json (a list of rows) and <name>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import RESULTS, SHARED_DATA, command_line, machine, rounded
+
+from hirex.atomic_files import atomic_write_bytes, atomic_write_json
+from hirex.config import RunConfig, apply_overrides, config_to_dict, load_config
+from hirex.data.interactions import Dataset, Interactions
+from hirex.eval.protocols import evaluate, evaluate_index, evaluate_ranker
+from hirex.index.exhaustive import item_embeddings
+from hirex.index.files import load_index
+from hirex.models.user_batch import UserBatch
+from hirex.runs import INDEX_DIR, dataset_from_config, train_run
+from hirex.train.trainer import eval_ks
+
+
+def faiss_rows(
+    model, dataset: Dataset, ks: tuple[int, ...], nlists: list[int], probes: list[int]
+) -> list[dict[str, Any]]:
+    """faiss IVF-Flat and HNSW (inner product) on a dot model's embeddings; the cost is the share
+    of items whose distance was computed per query."""
+    import faiss
+
+    items = item_embeddings(model)[:, 0].float().numpy()
+    n, d = items.shape
+    k_max = max(ks)
+    rows = []
+
+    def users_of(users: np.ndarray, history: Interactions) -> np.ndarray:
+        batch = UserBatch.from_interactions(history, users)
+        with torch.no_grad():
+            return model.encode_users(batch)[:, 0].float().numpy()
+
+    def run(index, name: str, setting: dict[str, Any], cost_fn) -> None:
+        spent: list[float] = []
+
+        def ranker(users: np.ndarray, history: Interactions, k: int) -> np.ndarray:
+            q = np.ascontiguousarray(users_of(users, history))
+            extra = int(history.lengths()[users].max()) if len(users) else 0
+            before = cost_fn()
+            _, ids = index.search(q, k + extra)
+            spent.append((cost_fn() - before) / max(len(users), 1))
+            out = np.full((len(users), k), -1, np.int64)
+            for row, u in enumerate(users):
+                seen = set(history.user_items(u).tolist())
+                keep = [i for i in ids[row] if i >= 0 and i not in seen][:k]
+                out[row, : len(keep)] = keep
+            return out
+
+        t0 = time.perf_counter()
+        ev = evaluate_ranker(ranker, dataset, "test", ks)
+        rows.append(
+            {
+                "method": name,
+                **setting,
+                "items_scored_fraction": round(float(np.sum(spent) / len(spent) / n), 5),
+                **rounded(ev.metrics),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        print(rows[-1], flush=True)
+
+    for nlist in nlists:
+        quant = faiss.IndexFlatIP(d)
+        ivf = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(items)
+        ivf.add(items)
+        for nprobe in probes:
+            ivf.nprobe = nprobe
+            stats = faiss.cvar.indexIVF_stats
+            stats.reset()
+            run(
+                ivf,
+                "faiss-ivf-flat (dot model)",
+                {"nlist": nlist, "nprobe": nprobe},
+                lambda: stats.ndis,
+            )
+    hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(items)
+    for ef in [k_max, 2 * k_max, 4 * k_max, 8 * k_max, 16 * k_max]:
+        hnsw.hnsw.efSearch = ef
+        stats = faiss.cvar.hnsw_stats
+        stats.reset()
+        run(hnsw, "faiss-hnsw (dot model)", {"efSearch": ef}, lambda: stats.ndis)
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], metric: str, path: Path, title: str) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    methods = sorted({r["method"] for r in rows if not r["method"].startswith("exhaustive")})
+    for m in methods:
+        pts = sorted((r["items_scored_fraction"], r[metric]) for r in rows if r["method"] == m)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    for r in rows:
+        if r["method"].startswith("exhaustive"):
+            ax.axhline(r[metric], linestyle=":", color="grey", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("share of items scored per user")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[str]) -> None:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", default=default_config, help=f"default: {default_config}")
+    p.add_argument("--data-dir", default=str(SHARED_DATA))
+    p.add_argument("--out", default=f"runs/{name}", help="run folders, one per method")
+    p.add_argument("--methods", default="posthoc,joint,em")
+    p.add_argument(
+        "--beams", default=";".join(beams), help="beams, ';'-separated (each: 8 or 4,16)"
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--skip-faiss", action="store_true")
+    p.add_argument("--nlists", default="256,1024")
+    p.add_argument("--probes", default="1,2,4,8,16,32")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    beams_list = [b.strip() for b in args.beams.split(";") if b.strip()]
+    base = apply_overrides(
+        load_config(args.config), [f'data.data_dir="{args.data_dir}"', *args.overrides]
+    )
+    ds = dataset_from_config(base.data)
+    ks = eval_ks(base, ds)
+    print(ds.summary())
+    metric = f"recall@{max(ks)}"
+    rows: list[dict[str, Any]] = []
+    runs: dict[str, Any] = {}
+    for method in args.methods.split(","):
+        cfg: RunConfig = dataclasses.replace(
+            base, index=dataclasses.replace(base.index, method=method)
+        )
+        out = Path(args.out) / method
+        t0 = time.perf_counter()
+        result, report = train_run(cfg, ds, out, restart=False, progress=False)
+        model, index = load_index(out / INDEX_DIR)
+        runs[method] = {
+            "train_seconds": report["train_seconds"],
+            "index_build_seconds": report["index"]["build_seconds"],
+            "index_stats": report["index"]["stats"],
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+        }
+        ex = evaluate(model, ds, "test", ks)
+        rows.append(
+            {
+                "method": f"exhaustive ({method} model)",
+                "beam": None,
+                "items_scored_fraction": 1.0,
+                **rounded(ex.metrics),
+                "seconds": round(ex.seconds, 1),
+            }
+        )
+        print(rows[-1], flush=True)
+        for beam in beams_list:
+            ev = evaluate_index(model, index, ds, "test", ks, beam)
+            rows.append(
+                {
+                    "method": method,
+                    "beam": beam,
+                    "items_scored_fraction": round(ev.cost["items_scored_fraction"], 5),
+                    "nodes_scored": round(ev.cost["nodes_scored"], 1),
+                    **rounded(ev.metrics),
+                    "recall_kept": round(ev.metrics[metric] / max(ex.metrics[metric], 1e-12), 4),
+                    "seconds": round(ev.seconds, 1),
+                }
+            )
+            print(rows[-1], flush=True)
+    if not args.skip_faiss:
+        dot_cfg = dataclasses.replace(
+            base,
+            model=dataclasses.replace(base.model, scorer="dot"),
+            index=dataclasses.replace(base.index, method="none"),
+        )
+        out = Path(args.out) / "dot"
+        result, report = train_run(dot_cfg, ds, out, restart=False, progress=False)
+        ex = evaluate(result.model, ds, "test", ks)
+        rows.append(
+            {
+                "method": "exhaustive (dot model)",
+                "beam": None,
+                "items_scored_fraction": 1.0,
+                **rounded(ex.metrics),
+                "seconds": round(ex.seconds, 1),
+            }
+        )
+        rows += faiss_rows(
+            result.model,
+            ds,
+            ks,
+            [int(x) for x in args.nlists.split(",")],
+            [int(x) for x in args.probes.split(",")],
+        )
+    payload = {
+        "dataset": ds.summary(),
+        "rows": rows,
+        "runs": runs,
+        "command": command_line(),
+        "config": config_to_dict(base),
+        "machine": machine(),
+    }
+    atomic_write_json(RESULTS / f"{name}.json", payload)
+    plot(rows, metric, RESULTS / f"{name}.png", f"{name}: {metric} against items scored")
+    print(f"wrote benchmarks/results/{name}.json and .png")
