@@ -90,7 +90,7 @@ def faiss_rows(
                 ivf,
                 "faiss-ivf-flat (dot model)",
                 {"nlist": nlist, "nprobe": nprobe},
-                lambda: stats.ndis,
+                lambda s=stats: s.ndis,
             )
     hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
     hnsw.add(items)
@@ -98,7 +98,7 @@ def faiss_rows(
         hnsw.hnsw.efSearch = ef
         stats = faiss.cvar.hnsw_stats
         stats.reset()
-        run(hnsw, "faiss-hnsw (dot model)", {"efSearch": ef}, lambda: stats.ndis)
+        run(hnsw, "faiss-hnsw (dot model)", {"efSearch": ef}, lambda s=stats: s.ndis)
     return rows
 
 

@@ -8,6 +8,9 @@ The public API, in the order of a typical session::
     print(hirex.evaluate(result.model, ds, "test").metrics)
     top = hirex.exhaustive_topk(result.model, users, ds.history("test"), k=20,
                                 exclude=ds.history("test"))
+    index = hirex.build_index(result.model, cfg.index, result.codebooks)
+    found = hirex.beam_search(result.model, index, users, ds.history("test"), k=20, beam=16,
+                              exclude=ds.history("test"))
 
 Importing hirex reads no files and changes no global state.
 """
@@ -16,6 +19,7 @@ from hirex.config import (
     ConfigError,
     DataConfig,
     EvalConfig,
+    IndexConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -33,8 +37,13 @@ from hirex.data import (
     make_synthetic,
 )
 from hirex.eval.metrics import MetricAccumulator, ranking_metrics
-from hirex.eval.protocols import Evaluation, evaluate, evaluate_ranker
+from hirex.eval.protocols import Evaluation, evaluate, evaluate_index, evaluate_ranker
+from hirex.index.build import build_index
+from hirex.index.codebooks import ResidualCodebooks
 from hirex.index.exhaustive import exhaustive_topk, item_embeddings
+from hirex.index.files import load_index, save_index
+from hirex.index.hierarchy import HierarchicalIndex
+from hirex.index.search import SearchResult, beam_search
 from hirex.index.topk import TopK
 from hirex.models.baselines import GFCF, Popularity
 from hirex.models.retrieval_model import RetrievalModel
@@ -52,14 +61,18 @@ __all__ = [
     "Dataset",
     "EvalConfig",
     "Evaluation",
+    "HierarchicalIndex",
     "IdMap",
+    "IndexConfig",
     "Interactions",
     "MetricAccumulator",
     "ModelConfig",
     "Popularity",
+    "ResidualCodebooks",
     "RetrievalModel",
     "Run",
     "RunConfig",
+    "SearchResult",
     "SyntheticConfig",
     "TopK",
     "TrainConfig",
@@ -67,16 +80,21 @@ __all__ = [
     "UserBatch",
     "__version__",
     "apply_overrides",
+    "beam_search",
+    "build_index",
     "dataset_from_config",
     "evaluate",
+    "evaluate_index",
     "evaluate_ranker",
     "exhaustive_topk",
     "item_embeddings",
     "load_config",
     "load_dataset",
+    "load_index",
     "load_run",
     "make_synthetic",
     "ranking_metrics",
     "save_config",
+    "save_index",
     "train_model",
 ]

@@ -63,12 +63,16 @@ def test_retrieve_through_the_index(run_with_index, capsys):
     ],
 )
 def test_bad_index_input_is_a_clear_error(run_with_index, argv, message, capsys):
-    argv = [*argv[:2], "--run", str(run_with_index), *argv[2:]] if argv[0] == "index" else [
-        argv[0],
-        "--run",
-        str(run_with_index),
-        *argv[1:],
-    ]
+    argv = (
+        [*argv[:2], "--run", str(run_with_index), *argv[2:]]
+        if argv[0] == "index"
+        else [
+            argv[0],
+            "--run",
+            str(run_with_index),
+            *argv[1:],
+        ]
+    )
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 

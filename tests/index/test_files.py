@@ -38,7 +38,7 @@ def test_round_trip_gives_the_same_search(built, tmp_path):
     model2, index2 = load_index(tmp_path / "ix")
     assert np.array_equal(index2.active, index.active)
     assert torch.equal(index2.codes, index.codes)
-    for a, b in zip(index.node_keys, index2.node_keys):
+    for a, b in zip(index.node_keys, index2.node_keys, strict=True):
         assert np.array_equal(a, b)
     users = np.arange(40)
     a = beam_search(model, index, users, ds.train, 10, 2, exclude=ds.train)
@@ -54,7 +54,7 @@ def test_codebooks_round_trip(built, tmp_path):
     _, _, index = built
     save_codebooks(index.codebooks, tmp_path / "cb.safetensors")
     cb = load_codebooks(tmp_path / "cb.safetensors")
-    for a, b in zip(cb.codewords, index.codebooks.codewords):
+    for a, b in zip(cb.codewords, index.codebooks.codewords, strict=True):
         assert torch.equal(a, b)
 
 

@@ -27,7 +27,7 @@ def test_kmeans_level_one_recovers_known_clusters():
     index.check()
     top = index.codes[:, 0].numpy()
     # Every known cluster maps to exactly one level-1 node, and vice versa.
-    pairs = set(zip(labels.numpy().tolist(), top.tolist()))
+    pairs = set(zip(labels.numpy().tolist(), top.tolist(), strict=True))
     assert len(pairs) == 4 and len({p[1] for p in pairs}) == 4
 
 

@@ -77,7 +77,7 @@ def test_schedules_and_no_index_loss_before_the_start_epoch():
     args = (u, None, items, scores, cands, pos, pos, torch.zeros(20), None)
     assert learner.loss(model, 0, 5, *args).item() == 0.0  # epoch 0 < start_epoch
     learner.epoch_start(model, 1)
-    weights, alphas = zip(*[learner._t(e, s) for e in (1, 2) for s in range(10)])
+    weights, alphas = zip(*[learner._t(e, s) for e in (1, 2) for s in range(10)], strict=True)
     assert weights[0] == 0.25 and weights[3:] == (1.0,) * 17  # linear warm-up over 4 steps
     assert alphas[0] == learner.cfg.alpha_min and list(alphas) == sorted(alphas)
     assert alphas[-1] > 0.8 * learner.cfg.alpha_max
@@ -85,7 +85,9 @@ def test_schedules_and_no_index_loss_before_the_start_epoch():
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     # Joint: user-side and item-side gradients reach the codewords and the level user maps.
-    assert all(cw.grad is not None and cw.grad.abs().sum() > 0 for cw in learner.codebooks.codewords)
+    assert all(
+        cw.grad is not None and cw.grad.abs().sum() > 0 for cw in learner.codebooks.codewords
+    )
     assert learner.codebooks.user_maps[0].grad.abs().sum() > 0
 
 

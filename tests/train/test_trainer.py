@@ -105,13 +105,17 @@ def test_checkpoint_of_another_config_is_refused(tiny_set_data, tmp_path):
 
 
 def _train_cmd(out: Path, extra: tuple[str, ...] = ()) -> list[str]:
-    sets = FAST + list(extra) + [
-        "train.epochs=3",
-        "train.checkpoint_every=3",
-        "data.synthetic_users=1500",
-        "data.synthetic_items=400",
-        "train.patience=5",
-    ]
+    sets = (
+        FAST
+        + list(extra)
+        + [
+            "train.epochs=3",
+            "train.checkpoint_every=3",
+            "data.synthetic_users=1500",
+            "data.synthetic_items=400",
+            "train.patience=5",
+        ]
+    )
     cmd = [
         sys.executable,
         "-m",
@@ -168,9 +172,7 @@ def test_kill_minus_nine_mid_epoch_then_resume_matches_uninterrupted(tmp_path, e
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "metrics.json").exists()
-    resumed = subprocess.run(
-        _train_cmd(killed, extra), env=env, capture_output=True, text=True
-    )
+    resumed = subprocess.run(_train_cmd(killed, extra), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     a = json.loads((full / "metrics.json").read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 from hirex.config import RunConfig, apply_overrides, load_config
@@ -13,7 +12,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         metavar="FILE",
-        help="TOML or JSON config with [data], [model], [train], [eval] sections "
+        help="TOML or JSON config with [data], [model], [train], [eval], [index] sections "
         "(default: built-in defaults; see configs/ for examples)",
     )
     p.add_argument(

@@ -67,7 +67,9 @@ def run_build(args: argparse.Namespace) -> int:
     method = args.method or (cfg.method if cfg.method != "none" else "posthoc")
     if args.levels:
         if method != "posthoc":
-            raise ValueError("--levels applies to posthoc indexes; joint / em use the run's codebooks")
+            raise ValueError(
+                "--levels applies to posthoc indexes; joint / em use the run's codebooks"
+            )
         try:
             levels = tuple(int(x) for x in args.levels.split(","))
         except ValueError:
@@ -135,7 +137,7 @@ def write_histogram(index: HierarchicalIndex, path: Path) -> None:
 
     levels = index.levels
     fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 3.2), squeeze=False)
-    for ax, (level, lv) in zip(axes[0], enumerate(levels)):
+    for ax, (level, lv) in zip(axes[0], enumerate(levels), strict=True):
         counts = lv.count
         top = max(int(counts.max()), 1)
         bins = np.unique(np.geomspace(1, top + 1, 30).astype(int))

@@ -68,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
     index = open_index(args, r)
     if index is not None:
         model, ix = index
-        top = beam_search(
-            model, ix, dense, history, args.k, beam_of(args, r), exclude=exclude
-        ).topk
+        top = beam_search(model, ix, dense, history, args.k, beam_of(args, r), exclude=exclude).topk
     else:
         top = exhaustive_topk(
             r.model,

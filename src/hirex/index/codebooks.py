@@ -12,9 +12,9 @@ temperature, differentiable: used while learning the index jointly with the mode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import faiss

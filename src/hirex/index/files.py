@@ -116,7 +116,9 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of the index folder ``path``, checked for format and version."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not an index folder (build one with `hirex index build`)")
+        raise FileNotFoundError(
+            f"{path} is not an index folder (build one with `hirex index build`)"
+        )
     mpath = path / MANIFEST
     if not mpath.exists():
         raise ValueError(f"{path}: no {MANIFEST}; not a hirex index, or an interrupted write")
@@ -157,7 +159,11 @@ def load_index(
                     f"{fpath} does not match its checksum in the manifest (corrupted or "
                     "modified); rebuild the index"
                 )
-        sizes, q, dim = [int(k) for k in manifest["levels"]], int(manifest["q"]), int(manifest["dim"])
+        sizes, q, dim = (
+            [int(k) for k in manifest["levels"]],
+            int(manifest["q"]),
+            int(manifest["dim"]),
+        )
         declared = manifest["tensors"]
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path / MANIFEST}: missing or malformed entry {err}") from err

@@ -130,7 +130,9 @@ class HierarchicalIndex:
             raise ValueError("ids must not repeat within one add_items call")
         grow = int(ids.max()) + 1 - self.n_items if m else 0
         if grow > 0:
-            self.item_emb = torch.cat([self.item_emb, self.item_emb.new_zeros(grow, *emb.shape[1:])])
+            self.item_emb = torch.cat(
+                [self.item_emb, self.item_emb.new_zeros(grow, *emb.shape[1:])]
+            )
             self.codes = torch.cat([self.codes, self.codes.new_zeros(grow, self.codes.shape[1])])
             self.active = np.concatenate([self.active, np.zeros(grow, dtype=bool)])
         t_ids = torch.from_numpy(ids).to(self.item_emb.device)
@@ -192,14 +194,18 @@ class HierarchicalIndex:
             if len(act):
                 node_flat = emb.reshape(len(keys), -1)
                 t_node = torch.from_numpy(node_of).to(flat.device)
-                dist = ((flat[torch.from_numpy(act).to(flat.device)] - node_flat[t_node]) ** 2).sum(1)
+                dist = ((flat[torch.from_numpy(act).to(flat.device)] - node_flat[t_node]) ** 2).sum(
+                    1
+                )
                 order = np.lexsort((dist.cpu().numpy(), node_of))
                 first = np.ones(len(order), dtype=bool)
                 first[1:] = node_of[order][1:] != node_of[order][:-1]
                 rep[node_of[order][first]] = act[order][first]
             levels.append(Level(keys, emb, count, parent, np.zeros(0, np.int64), rep))
         for level in range(len(levels) - 1):
-            child_ptr = np.searchsorted(levels[level + 1].parent, np.arange(len(levels[level].keys) + 1))
+            child_ptr = np.searchsorted(
+                levels[level + 1].parent, np.arange(len(levels[level].keys) + 1)
+            )
             levels[level] = _with_children(levels[level], child_ptr)
         bottom = levels[-1]
         leaf = np.searchsorted(bottom.keys, self._item_keys(len(levels) - 1))
@@ -243,9 +249,7 @@ class HierarchicalIndex:
                 bool(np.all((lv.representative == -1) == (lv.count == 0))),
                 f"level {level + 1}: every non-empty node needs a representative item",
             )
-        _require(
-            np.array_equal(np.diff(member_ptr), levels[-1].count), "member pointers are wrong"
-        )
+        _require(np.array_equal(np.diff(member_ptr), levels[-1].count), "member pointers are wrong")
 
     def stats(self) -> dict:
         """Level sizes, node-size balance and empty nodes."""
@@ -271,7 +275,12 @@ class HierarchicalIndex:
 
 def _with_children(level: Level, child_ptr: np.ndarray) -> Level:
     return Level(
-        level.keys, level.emb, level.count, level.parent, child_ptr.astype(np.int64), level.representative
+        level.keys,
+        level.emb,
+        level.count,
+        level.parent,
+        child_ptr.astype(np.int64),
+        level.representative,
     )
 
 

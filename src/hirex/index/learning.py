@@ -39,8 +39,22 @@ class IndexLearner:
                 cw.requires_grad_(False)
         self.steps_per_epoch = steps_per_epoch
         self.total = max(1, (epochs - cfg.start_epoch) * steps_per_epoch)
-        # Exponential average of each level's assignment mass (the balance regulariser's memory).
-        self.mass = [torch.full((k,), 1.0 / k, device=model.device) for k in cfg.levels]
+        # Exponential average of each level's assignment mass (the balance regulariser's memory),
+        # as buffers so that checkpoints carry it and a resumed run continues identically.
+        self.state = torch.nn.Module()
+        for level, k in enumerate(cfg.levels):
+            self.state.register_buffer(
+                f"mass{level}", torch.full((k,), 1.0 / k, device=model.device)
+            )
+
+    @property
+    def mass(self) -> list[torch.Tensor]:
+        return [getattr(self.state, f"mass{level}") for level in range(len(self.cfg.levels))]
+
+    @mass.setter
+    def mass(self, values: list[torch.Tensor]) -> None:
+        for level, v in enumerate(values):
+            setattr(self.state, f"mass{level}", v)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.codebooks.parameters() if p.requires_grad]
@@ -95,7 +109,10 @@ class IndexLearner:
             pseudo, probs = soft.pseudo, soft.probs
         else:
             codes = self.codebooks.encode(items.detach())
-            pseudo = [self.codebooks.decode(codes[:, : lv + 1]).reshape(m, -1) for lv in range(len(c.levels))]
+            pseudo = [
+                self.codebooks.decode(codes[:, : lv + 1]).reshape(m, -1)
+                for lv in range(len(c.levels))
+            ]
             probs = []
         masked = torch.isinf(item_scores)
         target = torch.softmax(item_scores.detach(), dim=1)
@@ -114,7 +131,8 @@ class IndexLearner:
             recon = ((pseudo[-1] - flat) ** 2).sum(1).mean()
             balance = []
             for level, a in enumerate(probs):
-                self.mass[level] = 0.9 * self.mass[level].detach() + 0.1 * a.mean(0)
-                balance.append(c.levels[level] * (self.mass[level] ** 2).sum() - 1.0)
+                mass = 0.9 * self.mass[level].detach() + 0.1 * a.mean(0)
+                setattr(self.state, f"mass{level}", mass.detach())
+                balance.append(c.levels[level] * (mass**2).sum() - 1.0)
             total = total + c.recon_weight * recon + c.balance_weight * torch.stack(balance).sum()
         return weight * total

@@ -112,7 +112,11 @@ def beam_search(
         nodes_scored = torch.full((b,), int(nonempty.sum()), dtype=torch.int64, device=device)
         kept = _top(s, torch.arange(len(nonempty), device=device).expand(b, -1), widths[0])
         for level in range(1, len(levels)):
-            child_ptr, nonempty, emb = t_levels[level - 1][0], t_levels[level][1], t_levels[level][2]
+            child_ptr, nonempty, emb = (
+                t_levels[level - 1][0],
+                t_levels[level][1],
+                t_levels[level][2],
+            )
             cand = _expand(kept, child_ptr)
             valid = cand >= 0
             safe = cand.clamp(min=0)

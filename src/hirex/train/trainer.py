@@ -290,7 +290,9 @@ class _Loop:
         """What a checkpoint holds: the model, and the codebooks when the index is learned."""
         if self.indexer is None:
             return self.model
-        return torch.nn.ModuleDict({"model": self.model, "index": self.indexer.codebooks})
+        return torch.nn.ModuleDict(
+            {"model": self.model, "index": self.indexer.codebooks, "state": self.indexer.state}
+        )
 
     def _save(self, state: dict[str, Any]) -> None:
         if self.ckpt is not None:
