@@ -68,11 +68,44 @@ def table(name: str, result: dict) -> str:
     return "\n".join(lines)
 
 
+def index_table(name: str, result: dict) -> str:
+    """Rows of an index benchmark: quality against the share of items scored."""
+    rows = result["rows"]
+    metrics = [k for k in rows[0] if "@" in k and k.split("@")[0] in ("recall", "ndcg")]
+    lines = [
+        f"### {name}",
+        "",
+        f"{result['dataset']}. ![{name}](results/{name}.png)",
+        "",
+        "| method | setting | items scored | " + " | ".join(metrics) + " | recall kept |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in metrics) + " | --- |",
+    ]
+    for r in rows:
+        setting = ", ".join(
+            f"{k} {r[k]}" for k in ("beam", "nlist", "nprobe", "efSearch") if r.get(k)
+        )
+        kept = f"{r['recall_kept']:.3f}" if "recall_kept" in r else ""
+        lines.append(
+            f"| {r['method']} | {setting} | {r['items_scored_fraction']:.2%} | "
+            + " | ".join(f"{r[m]:.4f}" for m in metrics)
+            + f" | {kept} |"
+        )
+    m = result["machine"]
+    lines += [
+        "",
+        f"Command: `{result['command']}`. Machine: {m['cores']} cores, {m['cpu_model']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parts = []
     for path in sorted((HERE / "results").glob("*.json")):
         if path.stem.split("-")[0] in COLUMNS:
             parts.append(table(path.stem, json.loads(path.read_text())))
+        elif path.stem in ("index_gowalla", "index_beauty"):
+            parts.append(index_table(path.stem, json.loads(path.read_text())))
     readme = HERE / "README.md"
     text = readme.read_text()
     head, rest = text.split(BEGIN, 1)
