@@ -30,15 +30,24 @@ def model_and_index(data, scorer, levels=(6, 4, 3), seed=0):
 
 
 @pytest.mark.parametrize("scorer", ["dot", "mol"])
-def test_score_candidates_equals_gathered_full_scores(tiny_set_data, scorer):
+def test_score_pairs_equals_the_full_score_matrix(tiny_set_data, scorer):
     ds, model, index = model_and_index(tiny_set_data, scorer)
     from hirex.models.user_batch import UserBatch
 
     u = model.encode_users(UserBatch.from_interactions(ds.train, np.arange(5)))
-    ids = torch.randint(0, ds.n_items, (5, 7))
+    rows = torch.randint(0, 5, (40,))
+    ids = torch.randint(0, ds.n_items, (40,))
     full = model.score(u, index.item_emb)
-    per_row = model.score_candidates(u, index.item_emb[ids])
-    assert torch.allclose(per_row, torch.gather(full, 1, ids), atol=1e-5)
+    plain = model.score_pairs(u[rows], index.item_emb[ids])
+    u_side, i_side = model.user_side(u), model.item_side(index.item_emb)
+    shared = model.score_pairs(
+        u[rows],
+        index.item_emb[ids],
+        None if u_side is None else u_side[rows],
+        None if i_side is None else i_side[ids],
+    )
+    assert torch.allclose(plain, full[rows, ids], atol=1e-5)
+    assert torch.allclose(shared, full[rows, ids], atol=1e-5)
 
 
 @pytest.mark.parametrize("scorer", ["dot", "mol"])

@@ -77,7 +77,7 @@ def exhaustive_topk(
     for start in bar:
         stop = min(start + user_batch, n_users)
         if isinstance(users, UserBatch):
-            batch = _slice_batch(users, start, stop)
+            batch = users.slice(start, stop)
             rows_users = None
         else:
             rows_users = users[start:stop]
@@ -107,15 +107,6 @@ def exhaustive_topk(
     if not out_ids:
         return empty_topk(0, k)
     return TopK(torch.cat(out_scores), torch.cat(out_ids))
-
-
-def _slice_batch(batch: UserBatch, start: int, stop: int) -> UserBatch:
-    lo, hi = int(batch.hist_indptr[start]), int(batch.hist_indptr[stop])
-    return UserBatch(
-        batch.users[start:stop],
-        batch.hist_indptr[start : stop + 1] - lo,
-        batch.hist_items[lo:hi],
-    )
 
 
 def _exclusions(

@@ -71,6 +71,7 @@ class HierarchicalIndex:
             self._node_keys[level] = np.unique(have)
         self._levels: list[Level] | None = None
         self._members: tuple[np.ndarray, np.ndarray] | None = None
+        self._cache: dict = {}
 
     # ---- shape -----------------------------------------------------------------------------
     @property
@@ -174,6 +175,24 @@ class HierarchicalIndex:
     def _invalidate(self) -> None:
         self._levels = None
         self._members = None
+        self._cache = {}
+
+    def to(self, device: torch.device | str) -> HierarchicalIndex:
+        """Move the item memory and codebooks to ``device`` (in place); returns self."""
+        device = torch.device(device)
+        if self.item_emb.device != device:
+            self.item_emb = self.item_emb.to(device)
+            self.codebooks = self.codebooks.to(device)
+            self._invalidate()
+        return self
+
+    @torch.no_grad()
+    def cached(self, key: tuple, compute):  # noqa: ANN001, ANN201
+        """A value derived from the current items (e.g. a scorer's per-item precomputation),
+        computed once and dropped whenever items change."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
     def _rebuild(self) -> None:
         act = np.flatnonzero(self.active)

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 
 from hirex.data.interactions import Interactions
-from hirex.index.exhaustive import _slice_batch
 from hirex.index.hierarchy import HierarchicalIndex
-from hirex.index.topk import TopK, empty_topk, merge_topk
+from hirex.index.topk import TopK, empty_topk
 from hirex.models.retrieval_model import RetrievalModel
 from hirex.models.user_batch import UserBatch
 
@@ -58,7 +57,7 @@ def beam_search(
     *,
     exclude: Interactions | None = None,
     user_batch: int = 256,
-    item_chunk: int = 2048,
+    item_chunk: int = 65536,
 ) -> SearchResult:
     """Top ``k`` items per user through the index.
 
@@ -72,19 +71,15 @@ def beam_search(
     widths = parse_beam(beam, len(index.sizes))
     model.eval()
     device = model.device
-    if index.item_emb.device != device:
-        index.item_emb = index.item_emb.to(device)
-        index._invalidate()
+    index.to(device)
     levels = index.levels
     member_ptr, members = index.members
-    t_levels = [
-        (
-            torch.from_numpy(lv.child_ptr).to(device),
-            torch.from_numpy(lv.count > 0).to(device),
-            lv.emb.to(device),
-        )
-        for lv in levels
-    ]
+    t_child = [torch.from_numpy(lv.child_ptr).to(device) for lv in levels]
+    t_nonempty = [torch.from_numpy(lv.count > 0).to(device) for lv in levels]
+    # The scorer's per-item work (e.g. the item half of a gate), once per node and item.
+    node_side = [index.cached(("node_side", lv_i, id(model)), lambda e=lv.emb: model.item_side(e))
+                 for lv_i, lv in enumerate(levels)]
+    item_side = index.cached(("item_side", id(model)), lambda: model.item_side(index.item_emb))
     t_member_ptr = torch.from_numpy(member_ptr).to(device)
     t_members = torch.from_numpy(members).to(device)
     if isinstance(users, UserBatch):
@@ -99,30 +94,25 @@ def beam_search(
     for start in range(0, n_users, user_batch):
         stop = min(start + user_batch, n_users)
         if isinstance(users, UserBatch):
-            batch, rows_users = _slice_batch(users, start, stop), None
+            batch, rows_users = users.slice(start, stop), None
         else:
             rows_users = users[start:stop]
             batch = UserBatch.from_interactions(history, rows_users, max_len=max_len)
         u = model.encode_users(batch.to(device))
         b = stop - start
         # Level 1: every node.
-        _, nonempty, emb = t_levels[0]
-        s = model.score(index.codebooks.map_user(u, 0), emb).float()
-        s = s.masked_fill(~nonempty[None, :], float("-inf"))
-        nodes_scored = torch.full((b,), int(nonempty.sum()), dtype=torch.int64, device=device)
-        kept = _top(s, torch.arange(len(nonempty), device=device).expand(b, -1), widths[0])
+        s = model.score(index.codebooks.map_user(u, 0), levels[0].emb).float()
+        s = s.masked_fill(~t_nonempty[0][None, :], float("-inf"))
+        nodes_scored = torch.full((b,), int(t_nonempty[0].sum()), dtype=torch.int64, device=device)
+        kept = _top(s, torch.arange(s.shape[1], device=device).expand(b, -1), widths[0])
         for level in range(1, len(levels)):
-            child_ptr, nonempty, emb = (
-                t_levels[level - 1][0],
-                t_levels[level][1],
-                t_levels[level][2],
-            )
-            cand = _expand(kept, child_ptr)
+            cand = _expand(kept, t_child[level - 1])
             valid = cand >= 0
-            safe = cand.clamp(min=0)
-            valid &= nonempty[safe]
-            s = _score_chunks(model, index.codebooks.map_user(u, level), emb, safe, item_chunk)
-            s = s.masked_fill(~valid, float("-inf"))
+            valid &= t_nonempty[level][cand.clamp(min=0)]
+            u_level = index.codebooks.map_user(u, level)
+            s = _score_valid(
+                model, u_level, levels[level].emb, node_side[level], cand, valid, item_chunk
+            )
             nodes_scored += valid.sum(1)
             kept = _top(s, torch.where(valid, cand, -1), widths[level])
         cand = _expand(kept, t_member_ptr)
@@ -131,15 +121,10 @@ def beam_search(
         if exclude is not None and rows_users is not None:
             valid &= ~_excluded(items, rows_users, exclude, device)
         items = torch.where(valid, items, -1)
-        best = empty_topk(b, k, device)
-        for c0 in range(0, items.shape[1], item_chunk):
-            part = items[:, c0 : c0 + item_chunk]
-            ok = part >= 0
-            sc = model.score_candidates(u, index.item_emb[part.clamp(min=0)]).float()
-            best = merge_topk(best, sc.masked_fill(~ok, float("-inf")), part, k)
-        ids = torch.where(torch.isinf(best.scores), torch.full_like(best.ids, -1), best.ids)
+        s = _score_valid(model, u, index.item_emb, item_side, items, valid, item_chunk)
+        best = _top_scores(s, items, k)
         scores_out.append(best.scores.cpu())
-        ids_out.append(ids.cpu())
+        ids_out.append(best.ids.cpu())
         nodes_out.append(nodes_scored.cpu().numpy())
         items_out.append(valid.sum(1).cpu().numpy())
     if not ids_out:
@@ -149,6 +134,43 @@ def beam_search(
         np.concatenate(nodes_out),
         np.concatenate(items_out),
     )
+
+
+def _score_valid(
+    model: RetrievalModel,
+    u: torch.Tensor,
+    emb: torch.Tensor,
+    side: torch.Tensor | None,
+    cand: torch.Tensor,
+    valid: torch.Tensor,
+    chunk: int,
+) -> torch.Tensor:
+    """Scores (B, C) of each row's valid candidates (ids into ``emb``), -inf elsewhere; only the
+    valid (row, candidate) pairs are scored."""
+    out = torch.full(cand.shape, float("-inf"), device=cand.device)
+    rows, cols = valid.nonzero(as_tuple=True)
+    ids = cand[rows, cols]
+    u_side = model.user_side(u)
+    for c0 in range(0, len(rows), chunk):
+        r, i = rows[c0 : c0 + chunk], ids[c0 : c0 + chunk]
+        out[r, cols[c0 : c0 + chunk]] = model.score_pairs(
+            u[r],
+            emb[i],
+            None if u_side is None else u_side[r],
+            None if side is None else side[i],
+        ).float()
+    return out
+
+
+def _top_scores(scores: torch.Tensor, ids: torch.Tensor, k: int) -> TopK:
+    """(B, C) scores (-inf: no candidate) -> TopK of width k, -1 / -inf padded."""
+    if scores.shape[1] < k:
+        pad = k - scores.shape[1]
+        scores = torch.cat([scores, scores.new_full((scores.shape[0], pad), float("-inf"))], 1)
+        ids = torch.cat([ids, ids.new_full((ids.shape[0], pad), -1)], 1)
+    top, pos = torch.topk(scores, k, dim=1)
+    best = torch.gather(ids, 1, pos)
+    return TopK(top, torch.where(torch.isinf(top), torch.full_like(best, -1), best))
 
 
 def _top(scores: torch.Tensor, ids: torch.Tensor, width: int) -> torch.Tensor:
@@ -181,16 +203,6 @@ def _expand(parents: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
     col = torch.arange(total, device=p.device) - row_start[row]
     out[row, col] = child
     return out
-
-
-def _score_chunks(
-    model: RetrievalModel, u: torch.Tensor, emb: torch.Tensor, ids: torch.Tensor, chunk: int
-) -> torch.Tensor:
-    parts = [
-        model.score_candidates(u, emb[ids[:, c0 : c0 + chunk]]).float()
-        for c0 in range(0, ids.shape[1], chunk)
-    ]
-    return torch.cat(parts, dim=1)
 
 
 def _excluded(

@@ -110,10 +110,25 @@ class RetrievalModel(nn.Module):
         s = self.scorer(user, item)
         return s / self.cfg.temperature if self.cfg.cosine else s
 
-    def score_candidates(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        """user: (B, P, D), item: (B, C, Q, D), each user's own candidates -> (B, C) scores,
-        equal to gathering ``score`` over every item."""
-        s = self.scorer.candidates(user, item)
+    def user_side(self, user: torch.Tensor) -> torch.Tensor | None:
+        """user: (B, P, D) -> the scorer's per-user precomputation for ``score_pairs`` (or None)."""
+        return self.scorer.user_side(user)
+
+    def item_side(self, item: torch.Tensor) -> torch.Tensor | None:
+        """item: (N, Q, D) -> the scorer's per-item precomputation for ``score_pairs`` (or None)."""
+        return self.scorer.item_side(item)
+
+    def score_pairs(
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        user_side: torch.Tensor | None = None,
+        item_side: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """user: (M, P, D), item: (M, Q, D), sides: the matching rows of ``user_side`` /
+        ``item_side`` or None -> (M,) scores of the M (user, item) pairs, equal to the matching
+        entries of ``score``."""
+        s = self.scorer.pairs(user, item, user_side, item_side)
         return s / self.cfg.temperature if self.cfg.cosine else s
 
     # ---- files ---------------------------------------------------------------

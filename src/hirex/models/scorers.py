@@ -1,9 +1,11 @@
 """Scorers: map user and item embeddings to a (users x items) score matrix.
 
 Every scorer takes ``user: (B, P, D)`` and ``item: (N, Q, D)`` and returns ``(B, N)`` scores, so
-training, exhaustive retrieval and index search share one code path.  ``candidates`` scores each
-user against its own list of items, ``user: (B, P, D)`` and ``item: (B, C, Q, D)`` -> ``(B, C)``
-(what beam search needs, where every user keeps different nodes).
+training, exhaustive retrieval and index search share one code path.  ``pairs`` scores M given
+(user, item) pairs, ``user: (M, P, D)`` and ``item: (M, Q, D)`` -> ``(M,)``: what beam search
+needs, where every user keeps different nodes.  The per-item part of a scorer that does not
+depend on the user (``item_side``, e.g. the item half of a gate) can be computed once per item
+and passed in, so that search does not recompute it for every pair.
 """
 
 from __future__ import annotations
@@ -18,8 +20,20 @@ class DotScorer(nn.Module):
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         return user[:, 0] @ item[:, 0].T
 
-    def candidates(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(item[:, :, 0], user[:, 0, :, None])[:, :, 0]
+    def user_side(self, user: torch.Tensor) -> None:
+        return None
+
+    def item_side(self, item: torch.Tensor) -> None:
+        return None
+
+    def pairs(
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        user_side: torch.Tensor | None = None,
+        item_side: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return (user[:, 0] * item[:, 0]).sum(-1)
 
     def extra_repr(self) -> str:
         return "dot"
@@ -59,15 +73,30 @@ class MixtureOfLogits(nn.Module):
         gate = gate + side + self.logit_gate.bias[:, None, None]
         return (torch.softmax(gate, dim=0) * logits).sum(0)
 
-    def candidates(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        b, c, pq = item.shape[0], item.shape[1], self.p * self.q
-        # (B, C, P, Q) component logits, flattened to (B, C, P*Q) in the same order as forward.
-        logits = torch.einsum("bpd,bcqd->bcpq", user, item).reshape(b, c, pq)
-        gate = (
-            self.logit_gate(logits)
-            + self.user_gate(user.reshape(b, -1))[:, None, :]
-            + self.item_gate(item.reshape(b, c, -1))
-        )
+    def user_side(self, user: torch.Tensor) -> torch.Tensor:
+        """user: (B, P, D) -> (B, P*Q), the user's share of the gate."""
+        return self.user_gate(user.reshape(user.shape[0], -1))
+
+    def item_side(self, item: torch.Tensor) -> torch.Tensor:
+        """item: (N, Q, D) -> (N, P*Q), the item's share of the gate."""
+        return self.item_gate(item.reshape(item.shape[0], -1))
+
+    def pairs(
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        user_side: torch.Tensor | None = None,
+        item_side: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """user: (M, P, D), item: (M, Q, D), sides: (M, P*Q) or None (computed here) -> (M,)."""
+        m, pq = user.shape[0], self.p * self.q
+        # (M, P, Q) component logits, flattened in the same order as forward.
+        logits = torch.matmul(user, item.mT).reshape(m, pq)
+        if user_side is None:
+            user_side = self.user_side(user)
+        if item_side is None:
+            item_side = self.item_side(item)
+        gate = self.logit_gate(logits) + user_side + item_side
         return (torch.softmax(gate, dim=-1) * logits).sum(-1)
 
     def extra_repr(self) -> str:

@@ -32,6 +32,13 @@ class UserBatch:
         """(B,) int64 history lengths."""
         return self.hist_indptr[1:] - self.hist_indptr[:-1]
 
+    def slice(self, start: int, stop: int) -> UserBatch:
+        """Rows start..stop-1 as a batch of their own."""
+        lo, hi = int(self.hist_indptr[start]), int(self.hist_indptr[stop])
+        return UserBatch(
+            self.users[start:stop], self.hist_indptr[start : stop + 1] - lo, self.hist_items[lo:hi]
+        )
+
     def to(self, device: torch.device | str) -> UserBatch:
         return UserBatch(
             self.users.to(device), self.hist_indptr.to(device), self.hist_items.to(device)
