@@ -166,12 +166,34 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class TTTConfig:
+    """Test-time training: fine-tune on data marked by the index's intermediate nodes."""
+
+    depth: int = 1
+    """Level (1-based) of the nodes mined from each user's beam-search paths."""
+    threshold: float = 0.6
+    """Interest rate a (user, node) pair needs: the share of the user's training items whose
+    path passes through the node."""
+    beam: tuple[int, ...] = (8,)
+    """Beam widths of the search that finds each user's paths."""
+    node_centred: bool = True
+    """Also train on the interactions whose items are representative items of nodes at levels
+    1..depth (the node-centred subset)."""
+    replay: float = 1.0
+    """Ordinary training pairs replayed per mined pair (0: mined data only)."""
+    epochs: int = 2
+    lr: float = 0.0005
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
 
 
 class ConfigError(ValueError):
@@ -211,6 +233,7 @@ _SECTIONS = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "index": IndexConfig,
+    "ttt": TTTConfig,
 }
 
 
@@ -284,6 +307,13 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError("index: need 0 < alpha_min <= alpha_max and alpha_power > 0")
     if min(ic.level_weight, ic.recon_weight, ic.balance_weight, ic.align_weight) < 0:
         raise ConfigError("index loss weights must be >= 0")
+    tc = cfg.ttt
+    if tc.depth < 1 or not 0 <= tc.threshold <= 1 or tc.replay < 0 or tc.epochs < 1 or tc.lr <= 0:
+        raise ConfigError(
+            "ttt: need depth >= 1, 0 <= threshold <= 1, replay >= 0, epochs >= 1 and lr > 0"
+        )
+    if not tc.beam or min(tc.beam) < 1:
+        raise ConfigError("ttt.beam must be one width, or one per level, each >= 1")
     if cfg.model.user_encoder == "none" and not cfg.model.use_user_id:
         raise ConfigError(
             "model.user_encoder = 'none' needs model.use_user_id = true: the user tower "

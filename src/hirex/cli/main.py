@@ -7,9 +7,17 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from hirex.cli import data_cmd, demo_cmd, eval_cmd, index_cmd, retrieve_cmd, train_cmd
+from hirex.cli import (
+    data_cmd,
+    demo_cmd,
+    eval_cmd,
+    index_cmd,
+    retrieve_cmd,
+    train_cmd,
+    ttt_cmd,
+)
 
-SUBCOMMANDS = [demo_cmd, train_cmd, eval_cmd, retrieve_cmd, index_cmd, data_cmd]
+SUBCOMMANDS = [demo_cmd, train_cmd, eval_cmd, retrieve_cmd, index_cmd, ttt_cmd, data_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,7 +65,7 @@ class HierarchicalIndex:
         # Nodes that exist whether or not they hold items (kept when their last item leaves).
         self._node_keys = [np.zeros(0, np.int64) for _ in codebooks.sizes]
         for level in range(codebooks.levels):
-            have = self._item_keys(level)
+            have = self.item_keys(level)
             if extra_nodes is not None:
                 have = np.concatenate([have, extra_nodes[level]])
             self._node_keys[level] = np.unique(have)
@@ -141,7 +141,7 @@ class HierarchicalIndex:
         self.codes[torch.from_numpy(ids)] = self.codebooks.encode(emb).cpu()
         self.active[ids] = True
         for level in range(len(self.sizes)):
-            new = self._item_keys(level, ids)
+            new = self.item_keys(level, ids)
             self._node_keys[level] = np.union1d(self._node_keys[level], new)
         self._invalidate()
         return ids
@@ -155,8 +155,8 @@ class HierarchicalIndex:
         self._invalidate()
 
     # ---- derived arrays --------------------------------------------------------------------
-    def _item_keys(self, level: int, ids: np.ndarray | None = None) -> np.ndarray:
-        """(n,) prefix keys at ``level`` of the given (default: active) items."""
+    def item_keys(self, level: int, ids: np.ndarray | None = None) -> np.ndarray:
+        """(n,) prefix keys at ``level`` (0-based) of the given (default: active) items."""
         codes = self.codes.numpy()
         rows = codes[np.flatnonzero(self.active)] if ids is None else codes[ids]
         key = np.zeros(len(rows), np.int64)
@@ -200,7 +200,7 @@ class HierarchicalIndex:
         levels: list[Level] = []
         for level in range(len(self.sizes)):
             keys = self._node_keys[level]
-            node_of = np.searchsorted(keys, self._item_keys(level))
+            node_of = np.searchsorted(keys, self.item_keys(level))
             count = np.bincount(node_of, minlength=len(keys)).astype(np.int64)
             emb = self.codebooks.decode(torch.from_numpy(self._keys_to_codes(keys, level)))
             emb = emb.to(self.item_emb.device)
@@ -227,7 +227,7 @@ class HierarchicalIndex:
             )
             levels[level] = _with_children(levels[level], child_ptr)
         bottom = levels[-1]
-        leaf = np.searchsorted(bottom.keys, self._item_keys(len(levels) - 1))
+        leaf = np.searchsorted(bottom.keys, self.item_keys(len(levels) - 1))
         order = np.argsort(leaf, kind="stable")
         members = act[order]
         member_ptr = np.searchsorted(leaf[order], np.arange(len(bottom.keys) + 1))

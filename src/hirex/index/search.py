@@ -74,11 +74,6 @@ def beam_search(
     index.to(device)
     levels = index.levels
     member_ptr, members = index.members
-    t_child = [torch.from_numpy(lv.child_ptr).to(device) for lv in levels]
-    t_nonempty = [torch.from_numpy(lv.count > 0).to(device) for lv in levels]
-    # The scorer's per-item work (e.g. the item half of a gate), once per node and item.
-    node_side = [index.cached(("node_side", lv_i, id(model)), lambda e=lv.emb: model.item_side(e))
-                 for lv_i, lv in enumerate(levels)]
     item_side = index.cached(("item_side", id(model)), lambda: model.item_side(index.item_emb))
     t_member_ptr = torch.from_numpy(member_ptr).to(device)
     t_members = torch.from_numpy(members).to(device)
@@ -99,22 +94,7 @@ def beam_search(
             rows_users = users[start:stop]
             batch = UserBatch.from_interactions(history, rows_users, max_len=max_len)
         u = model.encode_users(batch.to(device))
-        b = stop - start
-        # Level 1: every node.
-        s = model.score(index.codebooks.map_user(u, 0), levels[0].emb).float()
-        s = s.masked_fill(~t_nonempty[0][None, :], float("-inf"))
-        nodes_scored = torch.full((b,), int(t_nonempty[0].sum()), dtype=torch.int64, device=device)
-        kept = _top(s, torch.arange(s.shape[1], device=device).expand(b, -1), widths[0])
-        for level in range(1, len(levels)):
-            cand = _expand(kept, t_child[level - 1])
-            valid = cand >= 0
-            valid &= t_nonempty[level][cand.clamp(min=0)]
-            u_level = index.codebooks.map_user(u, level)
-            s = _score_valid(
-                model, u_level, levels[level].emb, node_side[level], cand, valid, item_chunk
-            )
-            nodes_scored += valid.sum(1)
-            kept = _top(s, torch.where(valid, cand, -1), widths[level])
+        kept, _, nodes_scored = descend(model, index, u, widths, len(levels), item_chunk)
         cand = _expand(kept, t_member_ptr)
         valid = cand >= 0
         items = torch.where(valid, t_members[cand.clamp(min=0)], -1)
@@ -134,6 +114,44 @@ def beam_search(
         np.concatenate(nodes_out),
         np.concatenate(items_out),
     )
+
+
+@torch.no_grad()
+def descend(
+    model: RetrievalModel,
+    index: HierarchicalIndex,
+    u: torch.Tensor,
+    widths: tuple[int, ...],
+    depth: int,
+    chunk: int = 65536,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Beam search from the top down to level ``depth`` (1-based) for users u: (B, P, D).
+
+    Returns the kept nodes of that level (B, W) (indices into ``index.levels[depth - 1]``, -1
+    where fewer were found), their scores (B, W) and the nodes scored per user (B,).
+    """
+    device = u.device
+    levels = index.levels
+    nonempty = [torch.from_numpy(lv.count > 0).to(device) for lv in levels[:depth]]
+    node_side = [
+        index.cached(("node_side", i, id(model)), lambda e=lv.emb: model.item_side(e))
+        for i, lv in enumerate(levels[:depth])
+    ]
+    b = u.shape[0]
+    s = model.score(index.codebooks.map_user(u, 0), levels[0].emb).float()
+    s = s.masked_fill(~nonempty[0][None, :], float("-inf"))
+    nodes_scored = torch.full((b,), int(nonempty[0].sum()), dtype=torch.int64, device=device)
+    ids = torch.arange(s.shape[1], device=device).expand(b, -1)
+    kept, kept_scores = _top(s, ids, widths[0])
+    for level in range(1, depth):
+        child_ptr = torch.from_numpy(levels[level - 1].child_ptr).to(device)
+        cand = _expand(kept, child_ptr)
+        valid = (cand >= 0) & nonempty[level][cand.clamp(min=0)]
+        u_level = index.codebooks.map_user(u, level)
+        s = _score_valid(model, u_level, levels[level].emb, node_side[level], cand, valid, chunk)
+        nodes_scored += valid.sum(1)
+        kept, kept_scores = _top(s, torch.where(valid, cand, -1), widths[level])
+    return kept, kept_scores, nodes_scored
 
 
 def _score_valid(
@@ -173,10 +191,10 @@ def _top_scores(scores: torch.Tensor, ids: torch.Tensor, k: int) -> TopK:
     return TopK(top, torch.where(torch.isinf(top), torch.full_like(best, -1), best))
 
 
-def _top(scores: torch.Tensor, ids: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, C) scores and ids -> (B, min(width, C)) ids of the best, -1 where -inf."""
+def _top(scores: torch.Tensor, ids: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C) scores and ids -> (B, min(width, C)) ids of the best (-1 where -inf), scores."""
     top, pos = torch.topk(scores, min(width, scores.shape[1]), dim=1)
-    return torch.where(torch.isinf(top), -1, torch.gather(ids, 1, pos))
+    return torch.where(torch.isinf(top), -1, torch.gather(ids, 1, pos)), top
 
 
 def _expand(parents: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:

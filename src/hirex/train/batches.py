@@ -37,13 +37,25 @@ class SequenceBatch:
 
 
 class PairBatches:
-    """(user, item) pairs of the training interactions in a seeded order per epoch."""
+    """(user, item) pairs of the training interactions in a seeded order per epoch.
 
-    def __init__(self, train: Interactions, batch_size: int, seed: int, history_dropout: float):
+    pairs: the (user, item) examples when they are not ``train`` itself (e.g. data mined for
+    test-time training); users are always encoded from their ``train`` histories.
+    """
+
+    def __init__(
+        self,
+        train: Interactions,
+        batch_size: int,
+        seed: int,
+        history_dropout: float,
+        pairs: Interactions | None = None,
+    ):
         self.train, self.batch_size, self.seed = train, batch_size, seed
         self.history_dropout = history_dropout
-        self.pair_users = train.users()
-        self.pair_items = train.items
+        pairs = train if pairs is None else pairs
+        self.pair_users = pairs.users()
+        self.pair_items = pairs.items
         self.n = len(self.pair_items)
 
     def __len__(self) -> int:

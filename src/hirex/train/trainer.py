@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
 REFIT_CHECKPOINT = "checkpoint-refit.safetensors"
+FINETUNE_CHECKPOINT = "checkpoint-finetune.safetensors"
 MODEL = "model.safetensors"
 CODEBOOKS = "codebooks.safetensors"
 
@@ -127,8 +128,56 @@ def train_model(
     return result
 
 
+def finetune_model(
+    cfg: RunConfig,
+    dataset: Dataset,
+    model: RetrievalModel,
+    pairs: Interactions,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+) -> TrainResult:
+    """Continue training ``model`` on (user, item) ``pairs`` (users encoded from their training
+    histories) with ``cfg.train``'s optimiser settings, early stopping on validation; the
+    starting model counts as epoch 0, so the result is never worse on validation than it."""
+    out = Path(out_dir) if out_dir is not None else None
+    device = resolve_device(cfg.train.device)
+    loop = _Loop(
+        cfg,
+        dataset,
+        dataset.train,
+        out,
+        FINETUNE_CHECKPOINT,
+        device,
+        progress,
+        pairs=pairs,
+        init={k: v.detach().cpu() for k, v in model.state_dict().items()},
+    )
+    start = evaluate(
+        loop.model,
+        dataset,
+        "valid",
+        loop.ks,
+        user_batch=cfg.eval.user_batch,
+        item_chunk=cfg.eval.item_chunk,
+    ).metrics
+    result = loop.run(validate=True)
+    if result.best_valid.get(loop.metric, float("-inf")) <= start[loop.metric]:
+        log.info("fine-tuning did not improve validation %s; keeping the start model", loop.metric)
+        model_copy = build_model(cfg, dataset)
+        model_copy.load_state_dict(model.state_dict())
+        result = TrainResult(
+            model_copy.to(device).eval(), result.epochs, -1, start, result.train_seconds
+        )
+    return result
+
+
 class _Loop:
-    """One training phase over ``train`` interactions (resumable from ``checkpoint_name``)."""
+    """One training phase over ``train`` interactions (resumable from ``checkpoint_name``).
+
+    pairs: train on these (user, item) pairs instead (histories still come from ``train``);
+    init: start from these weights instead of a fresh model.
+    """
 
     def __init__(
         self,
@@ -139,6 +188,9 @@ class _Loop:
         checkpoint_name: str,
         device: torch.device,
         progress: bool,
+        *,
+        pairs: Interactions | None = None,
+        init: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.cfg, self.dataset, self.train, self.out = cfg, dataset, train, out
         self.ckpt = out / checkpoint_name if out is not None else None
@@ -147,16 +199,21 @@ class _Loop:
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg, dataset)
         t_init = time.perf_counter()
-        if cfg.model.init == "spectral":
+        if init is not None:
+            self.model.load_state_dict(init)
+        elif cfg.model.init == "spectral":
             check_spectral(self.model)
             if self.ckpt is None or not self.ckpt.exists():  # a resumed run loads its weights
                 spectral_init(self.model, train, tc.seed)
         self.init_seconds = time.perf_counter() - t_init  # counted as training time
         self.model = self.model.to(device)
-        if self.model.sequential:
-            self.batches: PairBatches | SequenceBatches | UserTargetBatches = SequenceBatches(
-                train, tc.batch_size, tc.seed, cfg.model.max_history
+        if pairs is not None:
+            self.batches: PairBatches | SequenceBatches | UserTargetBatches = PairBatches(
+                train, tc.batch_size, tc.seed, tc.history_dropout, pairs
             )
+            counts = pairs.item_counts()
+        elif self.model.sequential:
+            self.batches = SequenceBatches(train, tc.batch_size, tc.seed, cfg.model.max_history)
             counts = self.batches.target_counts()
         elif tc.examples == "users":
             self.batches = UserTargetBatches(train, tc.batch_size, tc.seed, tc.target_fraction)

@@ -1,0 +1,160 @@
+"""Test-time training: mining from the index, fine-tuning, the refreshed index, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hirex.config import RunConfig, apply_overrides
+from hirex.data.interactions import Dataset, Interactions
+from hirex.index.build import build_index
+from hirex.train.trainer import train_model
+from hirex.ttt.finetune import test_time_train as run_ttt
+from hirex.ttt.finetune import training_pairs
+from hirex.ttt.mining import interest_rates, mine
+
+FAST = [
+    "train.epochs=2",
+    "train.num_negatives=64",
+    "model.dim=16",
+    "index.method='posthoc'",
+    "index.levels=[6,4]",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_set_data):
+    ds, _ = tiny_set_data
+    cfg = apply_overrides(RunConfig(), FAST)
+    torch.manual_seed(0)
+    result = train_model(cfg, ds, None, progress=False)
+    return cfg, ds, result.model, build_index(result.model, cfg.index)
+
+
+def test_interest_rates_match_a_plain_loop(trained):
+    cfg, ds, model, index = trained
+    users = np.arange(20)
+    level = 2
+    keys = index.levels[level - 1].keys
+    rng = np.random.default_rng(0)
+    nodes = rng.integers(-1, len(keys), size=(20, 5))
+    got = interest_rates(index, ds.train, users, nodes, level)
+    codes = index.codes.numpy()
+    for r, u in enumerate(users):
+        items = ds.train.user_items(u)
+        for c, node in enumerate(nodes[r]):
+            if node < 0:
+                assert got[r, c] == 0
+                continue
+            path = index._keys_to_codes(keys[node : node + 1], level - 1)[0]
+            under = sum(np.array_equal(codes[i, :level], path) for i in items)
+            assert got[r, c] == pytest.approx(under / len(items))
+
+
+def test_mining_keeps_pairs_above_the_threshold_on_the_beam_path(trained):
+    cfg, ds, model, index = trained
+    low = mine(model, index, ds.train, depth=1, threshold=0.2, beam=3)
+    high = mine(model, index, ds.train, depth=1, threshold=0.6, beam=3)
+    assert len(high.users) < len(low.users) and (high.rates >= 0.6).all()
+    assert (low.rates >= 0.2).all() and len(low.users) > 0
+    # Each pair's target is its node's representative item, which lies under that node.
+    reps = index.levels[0].representative[low.nodes]
+    assert np.array_equal(reps, low.items)
+    assert np.array_equal(index.codes.numpy()[low.items, 0], index.levels[0].keys[low.nodes])
+    # At most beam-width pairs per user, each node once.
+    pairs = set(zip(low.users.tolist(), low.nodes.tolist(), strict=True))
+    assert len(pairs) == len(low.users)
+    assert np.bincount(low.users).max() <= 3
+    deep = mine(model, index, ds.train, depth=2, threshold=0.2, beam=3)
+    assert deep.pairs_per_level[1] == len(low.users) and deep.depth == 2
+    # The node-centred subset: training interactions with representative items only.
+    reps_all = np.concatenate([lv.representative for lv in index.levels[:2]])
+    assert np.isin(deep.node_centred.items, reps_all).all()
+    assert deep.node_centred.nnz <= ds.train.nnz
+
+
+def test_mining_never_reads_the_test_split(trained):
+    cfg, ds, model, index = trained
+    rng = np.random.default_rng(1)
+    fake_test = Interactions.from_pairs(
+        rng.integers(0, ds.n_users, 500), rng.integers(0, ds.n_items, 500), ds.n_users, ds.n_items
+    )
+    other = dataclasses.replace(ds, test=fake_test)
+    assert isinstance(other, Dataset)
+    a = mine(model, index, ds.train, 2, 0.2, 3)
+    b = mine(model, index, other.train, 2, 0.2, 3)
+    assert np.array_equal(a.users, b.users) and np.array_equal(a.items, b.items)
+    assert np.array_equal(a.node_centred.items, b.node_centred.items)
+    # The node-centred subset is a subset of the training interactions, never test ones.
+    train_pairs = set(zip(ds.train.users().tolist(), ds.train.items.tolist(), strict=True))
+    centred = zip(a.node_centred.users().tolist(), a.node_centred.items.tolist(), strict=True)
+    assert set(centred) <= train_pairs
+
+
+def test_training_pairs_mix_mined_centred_and_replay(trained):
+    cfg, ds, model, index = trained
+    mined = mine(model, index, ds.train, 1, 0.3, 3)
+    none = training_pairs(mined, ds.train, 0.0, seed=0)
+    assert none.nnz == len(mined.users) + mined.node_centred.nnz
+    more = training_pairs(mined, ds.train, 2.0, seed=0)
+    assert more.nnz == none.nnz + min(2 * none.nnz, ds.train.nnz)
+    only = training_pairs(mined, ds.train, 0.0, seed=0, node_centred=False)
+    assert only.nnz == len(mined.users)
+
+
+def test_ttt_never_ends_worse_on_validation_and_refreshes_the_index(trained, tmp_path):
+    cfg, ds, model, index = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    c = apply_overrides(cfg, ["ttt.threshold=0.2", "ttt.epochs=1", "ttt.lr=0.01"])
+    from hirex.eval.protocols import evaluate
+
+    start = evaluate(model, ds, "valid").metrics["recall@20"]
+    res = run_ttt(c, ds, model, index, tmp_path, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    assert evaluate(res.model, ds, "valid").metrics["recall@20"] >= start - 1e-9
+    res.index.check()
+    assert res.index.codebooks is index.codebooks
+    for a, b in zip(res.index.node_keys, index.node_keys, strict=True):
+        assert np.isin(b, a).all()  # every node survives the refresh
+
+
+def test_nothing_to_mine_is_a_clear_error(trained):
+    cfg, ds, model, index = trained
+    empty = dataclasses.replace(ds, train=Interactions.empty(ds.n_users, ds.n_items))
+    with pytest.raises(ValueError, match="nothing mined.*lower ttt.threshold"):
+        run_ttt(cfg, empty, model, index, progress=False)
+    with pytest.raises(ValueError, match="levels 1..2"):
+        mine(model, index, ds.train, depth=3, threshold=0.5)
+
+
+def test_hirex_ttt_writes_a_run_with_its_index(tmp_path, capsys):
+    from hirex.cli.main import main
+
+    run = tmp_path / "run"
+    small = [
+        "--data",
+        "synthetic",
+        "--quiet",
+        "--set",
+        "data.synthetic_users=400",
+        "--set",
+        "data.synthetic_items=200",
+    ] + [x for s in FAST for x in ("--set", s)]
+    assert main(["train", *small, "--out", str(run)]) == 0
+    out = tmp_path / "ttt"
+    argv = ["ttt", "--run", str(run), "--out", str(out), "--quiet", "--set", "ttt.threshold=0.2"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "(user, node) pairs" in text and "users covered" in text
+    report = json.loads((out / "ttt.json").read_text())
+    assert report["mined"]["pairs"] > 0
+    assert set(report["after"]) == {"valid", "test"}
+    assert main(["eval", "--run", str(out), "--index", "--beam", "2"]) == 0
+    assert main(["ttt", "--run", str(run), "--out", str(run)]) == 2
+    assert "new folder" in capsys.readouterr().err
+    assert main(["ttt", "--run", str(run), "--out", str(out), "--set", "train.lr=1"]) == 2
+    assert "only takes [ttt] overrides" in capsys.readouterr().err
