@@ -89,15 +89,16 @@ class MixtureOfLogits(nn.Module):
         item_side: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """user: (M, P, D), item: (M, Q, D), sides: (M, P*Q) or None (computed here) -> (M,)."""
-        m, pq = user.shape[0], self.p * self.q
-        # (M, P, Q) component logits, flattened in the same order as forward.
-        logits = torch.matmul(user, item.mT).reshape(m, pq)
         if user_side is None:
             user_side = self.user_side(user)
         if item_side is None:
             item_side = self.item_side(item)
-        gate = self.logit_gate(logits) + user_side + item_side
-        return (torch.softmax(gate, dim=-1) * logits).sum(-1)
+        # Component logits laid out (P*Q, M), in forward's order, so the gate is one GEMM and the
+        # softmax runs across P*Q contiguous planes (as in forward).
+        logits = torch.einsum("mpd,mqd->pqm", user, item).reshape(self.p * self.q, -1)
+        side = (user_side + item_side).T
+        gate = torch.addmm(side + self.logit_gate.bias[:, None], self.logit_gate.weight, logits)
+        return (torch.softmax(gate, dim=0) * logits).sum(0)
 
     def extra_repr(self) -> str:
         return f"mixture of {self.p}x{self.q} logits"
