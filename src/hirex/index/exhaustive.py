@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from hirex.data.interactions import Interactions
 from hirex.index.topk import TopK, empty_topk, merge_topk
 from hirex.models.retrieval_model import RetrievalModel
-from hirex.models.user_batch import UserBatch
+from hirex.models.user_batch import UserBatch, user_blocks
 
 log = logging.getLogger(__name__)
 
@@ -58,30 +58,22 @@ def exhaustive_topk(
     if items is None:
         items = item_embeddings(model, item_chunk)
     n_items = items.shape[0]
-    if isinstance(users, UserBatch):
-        n_users = len(users)
-    else:
-        users = np.asarray(users, dtype=np.int64)
-        n_users = len(users)
-        if history is None:
-            raise ValueError("history is needed to encode users given by id")
-        if n_users and (users.min() < 0 or users.max() >= history.n_users):
-            raise ValueError(f"user ids must lie in [0, {history.n_users})")
+    n_users = len(users)
     max_len = model.cfg.max_history if model.sequential else None
     out_scores, out_ids = [], []
-    starts = range(0, n_users, user_batch)
+    blocks = user_blocks(users, history, user_batch, max_len)
     bar = tqdm(
-        starts, desc="scoring", unit="batch", disable=None if progress else True, leave=False
+        blocks,
+        total=-(-n_users // user_batch),
+        desc="scoring",
+        unit="batch",
+        disable=None if progress else True,
+        leave=False,
     )
     t0 = time.perf_counter()
-    for start in bar:
-        stop = min(start + user_batch, n_users)
-        if isinstance(users, UserBatch):
-            batch = users.slice(start, stop)
-            rows_users = None
-        else:
-            rows_users = users[start:stop]
-            batch = UserBatch.from_interactions(history, rows_users, max_len=max_len)
+    start = 0
+    for batch, rows_users in bar:
+        stop = start + len(batch)
         u = model.encode_users(batch.to(device))
         mask_rows, mask_items = _exclusions(
             stop - start,
@@ -103,6 +95,7 @@ def exhaustive_topk(
         ids = torch.where(torch.isinf(best.scores), torch.full_like(best.ids, -1), best.ids)
         out_scores.append(best.scores.cpu())
         out_ids.append(ids.cpu())
+        start = stop
     log.debug("exhaustive: %d users in %.2fs", n_users, time.perf_counter() - t0)
     if not out_ids:
         return empty_topk(0, k)

@@ -17,7 +17,7 @@ from hirex.data.interactions import Interactions
 from hirex.index.hierarchy import HierarchicalIndex
 from hirex.index.topk import TopK, empty_topk
 from hirex.models.retrieval_model import RetrievalModel
-from hirex.models.user_batch import UserBatch
+from hirex.models.user_batch import UserBatch, user_blocks
 
 
 @dataclass(frozen=True)
@@ -77,22 +77,9 @@ def beam_search(
     item_side = index.cached(("item_side", id(model)), lambda: model.item_side(index.item_emb))
     t_member_ptr = torch.from_numpy(member_ptr).to(device)
     t_members = torch.from_numpy(members).to(device)
-    if isinstance(users, UserBatch):
-        n_users = len(users)
-    else:
-        users = np.asarray(users, dtype=np.int64)
-        n_users = len(users)
-        if history is None:
-            raise ValueError("history is needed to encode users given by id")
     max_len = model.cfg.max_history if model.sequential else None
     scores_out, ids_out, nodes_out, items_out = [], [], [], []
-    for start in range(0, n_users, user_batch):
-        stop = min(start + user_batch, n_users)
-        if isinstance(users, UserBatch):
-            batch, rows_users = users.slice(start, stop), None
-        else:
-            rows_users = users[start:stop]
-            batch = UserBatch.from_interactions(history, rows_users, max_len=max_len)
+    for batch, rows_users in user_blocks(users, history, user_batch, max_len):
         u = model.encode_users(batch.to(device))
         kept, _, nodes_scored = descend(model, index, u, widths, len(levels), item_chunk)
         cand = _expand(kept, t_member_ptr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +89,30 @@ class UserBatch:
             torch.from_numpy(indptr),
             torch.from_numpy(flat),
         )
+
+
+def user_blocks(
+    users: np.ndarray | UserBatch,
+    history: Interactions | None,
+    block: int,
+    max_len: int | None = None,
+) -> Iterator[tuple[UserBatch, np.ndarray | None]]:
+    """Blocks of at most ``block`` users, as (batch, dense user ids or None).
+
+    users: (U,) dense user ids whose histories come from ``history``, or a ready ``UserBatch``
+    (then the ids are None: ad-hoc users have no stored history to exclude)."""
+    if isinstance(users, UserBatch):
+        for start in range(0, len(users), block):
+            yield users.slice(start, min(start + block, len(users))), None
+        return
+    users = np.asarray(users, dtype=np.int64)
+    if history is None:
+        raise ValueError("history is needed to encode users given by id")
+    if len(users) and (users.min() < 0 or users.max() >= history.n_users):
+        raise ValueError(f"user ids must lie in [0, {history.n_users})")
+    for start in range(0, len(users), block):
+        ids = users[start : start + block]
+        yield UserBatch.from_interactions(history, ids, max_len=max_len), ids
 
 
 def pad_right_aligned(batch: UserBatch, max_len: int, pad: int) -> torch.Tensor:
