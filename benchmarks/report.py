@@ -99,6 +99,64 @@ def index_table(name: str, result: dict) -> str:
     return "\n".join(lines)
 
 
+def _best(rows: list[dict], method: str, quality: str, target: float = 0.95) -> dict | None:
+    ok = [r for r in rows if r["method"] == method and r[quality] >= target]
+    return max(ok, key=lambda r: r["qps"]) if ok else None
+
+
+def scale_table(result: dict) -> str:
+    """Per corpus size: the fastest setting reaching quality 0.95 for each method."""
+    lines = [
+        "### index_scale",
+        "",
+        "Synthetic clustered corpora; quality is overlap@100 with the exhaustive top 100 "
+        "(mixture of logits) or recall@10 against the exact top 10 (dot product). Each cell: "
+        "the fastest setting that reaches 0.95, queries per second, model evaluations (or faiss "
+        "distances) per query. ![index_scale](results/index_scale.png)",
+        "",
+        "| items | scorer | exhaustive | hirex index | speed-up | faiss IVF-Flat | faiss HNSW |"
+        " index build |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def cell(r: dict | None, knob: str = "") -> str:
+        if r is None:
+            return "not reached"
+        setting = f"{knob} {r[knob]}, " if knob else ""
+        return f"{setting}{r['qps']:,.1f} q/s, {r['scored_per_query']:,.0f} evals"
+
+    for size in result["sizes"]:
+        for scorer, quality in (("mol", "overlap@100"), ("dot", "recall@10")):
+            part = size.get(scorer)
+            if not part:
+                continue
+            rows = part["rows"]
+            ex = _best(rows, "exhaustive", quality)
+            ix = _best(rows, "hirex index", quality)
+            speed = f"{ix['qps'] / ex['qps']:.1f}x" if ex and ix else ""
+            ivf = _best(rows, "faiss ivf-flat", quality) if scorer == "dot" else None
+            hnsw = _best(rows, "faiss hnsw", quality) if scorer == "dot" else None
+            build = part["build"]
+            lines.append(
+                f"| {size['n_items']:,} | {scorer} | {cell(ex)} | {cell(ix, 'beam')} | {speed} | "
+                + (cell(ivf, "nprobe") if scorer == "dot" else "")
+                + " | "
+                + (
+                    cell(hnsw, "efSearch")
+                    if scorer == "dot" and any(r["method"] == "faiss hnsw" for r in rows)
+                    else ""
+                )
+                + f" | {build['seconds']:.1f} s, peak {build['memory_gib']['peak']:.2f} GiB |"
+            )
+    m = result["machine"]
+    lines += [
+        "",
+        f"Command: `{result['command']}`. Machine: {m['cores']} cores, {m['cpu_model']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parts = []
     for path in sorted((HERE / "results").glob("*.json")):
@@ -106,6 +164,8 @@ def main() -> None:
             parts.append(table(path.stem, json.loads(path.read_text())))
         elif path.stem in ("index_gowalla", "index_beauty"):
             parts.append(index_table(path.stem, json.loads(path.read_text())))
+        elif path.stem == "index_scale":
+            parts.append(scale_table(json.loads(path.read_text())))
     readme = HERE / "README.md"
     text = readme.read_text()
     head, rest = text.split(BEGIN, 1)
