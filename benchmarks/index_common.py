@@ -155,6 +155,20 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
     metric = f"recall@{max(ks)}"
     rows: list[dict[str, Any]] = []
     runs: dict[str, Any] = {}
+
+    def write(complete: bool) -> None:
+        """Results so far (after every method, so an interrupted run keeps what it measured)."""
+        payload = {
+            "dataset": ds.summary(),
+            "complete": complete,
+            "rows": rows,
+            "runs": runs,
+            "command": command_line(),
+            "config": config_to_dict(base),
+            "machine": machine(),
+        }
+        atomic_write_json(RESULTS / f"{name}.json", payload)
+
     for method in args.methods.split(","):
         cfg: RunConfig = dataclasses.replace(
             base, index=dataclasses.replace(base.index, method=method)
@@ -194,6 +208,7 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
                 }
             )
             print(rows[-1], flush=True)
+        write(complete=False)
     if not args.skip_faiss:
         dot_cfg = dataclasses.replace(
             base,
@@ -219,14 +234,6 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
             [int(x) for x in args.nlists.split(",")],
             [int(x) for x in args.probes.split(",")],
         )
-    payload = {
-        "dataset": ds.summary(),
-        "rows": rows,
-        "runs": runs,
-        "command": command_line(),
-        "config": config_to_dict(base),
-        "machine": machine(),
-    }
-    atomic_write_json(RESULTS / f"{name}.json", payload)
+    write(complete=True)
     plot(rows, metric, RESULTS / f"{name}.png", f"{name}: {metric} against items scored")
     print(f"wrote benchmarks/results/{name}.json and .png")
