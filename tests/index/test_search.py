@@ -128,3 +128,16 @@ def test_parse_beam_and_bad_arguments(tiny_set_data):
     ds, model, index = model_and_index(tiny_set_data, "dot")
     with pytest.raises(ValueError, match="k must be positive"):
         beam_search(model, index, np.arange(3), ds.train, 0, 2)
+
+
+def test_cached_gate_work_follows_weight_updates(tiny_set_data):
+    """Training the model in place after a search must not leave stale per-item gate terms."""
+    ds, model, index = model_and_index(tiny_set_data, "mol")
+    users = np.arange(30)
+    beam_search(model, index, users, ds.train, 10, 10**6)
+    with torch.no_grad():
+        for p in model.scorer.item_gate.parameters():
+            p.add_(0.5)
+    got = beam_search(model, index, users, ds.train, 10, 10**6)
+    want = exhaustive_topk(model, users, ds.train, 10, items=index.item_emb)
+    assert torch.allclose(got.topk.scores, want.scores, atol=1e-5)

@@ -74,7 +74,9 @@ def beam_search(
     index.to(device)
     levels = index.levels
     member_ptr, members = index.members
-    item_side = index.cached(("item_side", id(model)), lambda: model.item_side(index.item_emb))
+    item_side = index.cached(
+        ("item_side", *_scorer_key(model)), lambda: model.item_side(index.item_emb)
+    )
     t_member_ptr = torch.from_numpy(member_ptr).to(device)
     t_members = torch.from_numpy(members).to(device)
     max_len = model.cfg.max_history if model.sequential else None
@@ -121,7 +123,7 @@ def descend(
     levels = index.levels
     nonempty = [torch.from_numpy(lv.count > 0).to(device) for lv in levels[:depth]]
     node_side = [
-        index.cached(("node_side", i, id(model)), lambda e=lv.emb: model.item_side(e))
+        index.cached(("node_side", i, *_scorer_key(model)), lambda e=lv.emb: model.item_side(e))
         for i, lv in enumerate(levels[:depth])
     ]
     b = u.shape[0]
@@ -139,6 +141,12 @@ def descend(
         nodes_scored += valid.sum(1)
         kept, kept_scores = _top(s, torch.where(valid, cand, -1), widths[level])
     return kept, kept_scores, nodes_scored
+
+
+def _scorer_key(model: RetrievalModel) -> tuple:
+    """Identifies the scorer's current weights: the model, and the version counters of its
+    parameters (bumped by every in-place update, e.g. an optimiser step)."""
+    return (id(model), *(p._version for p in model.scorer.parameters()))
 
 
 def _score_valid(
