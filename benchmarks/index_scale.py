@@ -247,13 +247,6 @@ def build_index(
     return index, record
 
 
-def subset(batch: UserBatch, n: int) -> UserBatch:
-    """The first ``n`` users of a batch."""
-    n = min(n, len(batch))
-    ptr = batch.hist_indptr[: n + 1]
-    return UserBatch(batch.users[:n], ptr, batch.hist_items[: int(ptr[-1])])
-
-
 def overlap(found: torch.Tensor, truth: torch.Tensor) -> float:
     """Mean share of each truth row (E, k) found in the same row of ``found`` (>= E rows)."""
     hit = (found[: len(truth), :, None] == truth[:, None, :]).any(1)
@@ -272,7 +265,9 @@ def exhaustive_row(
     and the ids."""
     seconds, top = fastest(
         lambda: exhaustive_topk(model, batch, None, k, items=items, user_batch=args.user_batch),
-        lambda: exhaustive_topk(model, subset(batch, 8), None, k, items=items[:65536]),
+        lambda: exhaustive_topk(
+            model, batch.slice(0, min(8, len(batch))), None, k, items=items[:65536]
+        ),
         args.repeats,
     )
     row = timing_row("exhaustive", {"queries": len(batch)}, seconds, len(batch), items.shape[0])
@@ -297,7 +292,9 @@ def index_rows(
             lambda w=widths: beam_search(
                 model, index, batch, None, k, w, user_batch=args.user_batch
             ),
-            lambda w=widths: beam_search(model, index, subset(batch, 8), None, k, w),
+            lambda w=widths: beam_search(
+                model, index, batch.slice(0, min(8, len(batch))), None, k, w
+            ),
             args.repeats,
         )
         items, nodes = float(res.items_scored.mean()), float(res.nodes_scored.mean())
@@ -396,7 +393,9 @@ def run_mol(n: int, levels: list[int], args: argparse.Namespace) -> dict[str, An
         )
     index, out["build"] = build_index(items, levels, args.seed)
     n_exh = min(args.exhaustive_queries, args.queries)
-    exhaustive, truth = exhaustive_row(model, items, subset(batch, n_exh), MOL_K, MOL_METRIC, args)
+    exhaustive, truth = exhaustive_row(
+        model, items, batch.slice(0, min(n_exh, len(batch))), MOL_K, MOL_METRIC, args
+    )
     print(exhaustive, flush=True)
     rows = index_rows(model, index, batch, truth, MOL_K, MOL_METRIC, args)
     out["rows"] = [exhaustive, *rows]
