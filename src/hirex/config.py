@@ -80,6 +80,13 @@ class ModelConfig:
     """Spectral init: embedding gains sqrt(sigma^2 + alpha) over the singular values sigma."""
     spectral_scale: float = 10.0
     """Spectral init: embeddings scaled so that the mean best score of a user is this logit."""
+    spectral_rank: int = 0
+    """Rank of a fixed spectral branch added to a pooled-history dot model once it is trained:
+    GF-CF's ideal low-pass filter r_u D_i^-1/2 V V^T D_i^1/2 over the top singular vectors V of
+    the normalised training matrix, as extra embedding dimensions.  0: no branch."""
+    spectral_weight: float = 3.0
+    """The branch's scale: a typical user's best branch score, in logits (the learned part's
+    cosine scores reach 1 / temperature)."""
 
 
 @dataclass(frozen=True)
@@ -284,6 +291,13 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError("model.temperature must be positive")
     if not 0 <= cfg.model.dropout < 1 or not 0 <= cfg.train.history_dropout < 1:
         raise ConfigError("dropout rates must lie in [0, 1)")
+    if cfg.model.spectral_rank < 0 or cfg.model.spectral_weight <= 0:
+        raise ConfigError("model.spectral_rank must be >= 0 and model.spectral_weight positive")
+    if cfg.model.spectral_rank and cfg.index.method in ("joint", "em"):
+        raise ConfigError(
+            f"index.method = {cfg.index.method!r} learns codebooks during training, before the "
+            "spectral branch (model.spectral_rank) is attached; use index.method = 'posthoc'"
+        )
     if cfg.model.init_std < 0:
         raise ConfigError("model.init_std must be >= 0 (0 picks 1/sqrt(dim))")
     if not 0 < cfg.train.target_fraction < 1:

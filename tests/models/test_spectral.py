@@ -1,4 +1,4 @@
-"""Spectral initialisation: the model starts as the low-pass graph filter it is built from."""
+"""Spectral init and spectral branch: the model holds the low-pass graph filter it is built from."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hirex.config import ConfigError, ModelConfig
+from hirex.config import ConfigError, ModelConfig, RunConfig, apply_overrides
 from hirex.models.retrieval_model import RetrievalModel
-from hirex.models.spectral import spectral_init
+from hirex.models.spectral import attach_spectral_branch, spectral_init
 from hirex.models.user_batch import UserBatch
 
 
@@ -59,3 +59,86 @@ def test_spectral_init_needs_a_pooled_dot_model(tiny_set_data):
     big = ModelConfig(dim=5000, init="spectral", cosine=False)
     with pytest.raises(ConfigError, match="singular vectors"):
         spectral_init(RetrievalModel(big, ds.n_users, ds.n_items), ds.train)
+
+
+def _scores(model: RetrievalModel, history, users: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.score(
+            model.encode_users(UserBatch.from_interactions(history, users)), model.encode_items()
+        ).numpy()
+
+
+def _branch_model(ds, rank: int = 12, weight: float = 2.0) -> RetrievalModel:
+    cfg = ModelConfig(
+        dim=16, use_user_id=False, spectral_rank=rank, spectral_weight=weight, temperature=0.1
+    )
+    torch.manual_seed(0)
+    return RetrievalModel(cfg, ds.n_users, ds.n_items)
+
+
+def test_spectral_branch_adds_the_dense_low_pass_filter(tiny_set_data):
+    ds, _ = tiny_set_data
+    rank, weight = 12, 2.0
+    model = _branch_model(ds, rank, weight)
+    users = np.arange(60)
+    learned = _scores(model, ds.train, users)
+    assert model.embedding_dim == 16  # unfitted: left out of every score
+    attach_spectral_branch(model, ds.train)
+    assert model.embedding_dim == 16 + rank
+    branch = _scores(model, ds.train, users) - learned
+    # Reference: dense SVD of D_u^-1/2 R D_i^-1/2; filter r D^-1/2 V V^T D^1/2 / |r| ** 0.5.
+    r = ds.train.to_csr().toarray().astype(np.float64)
+    du, di = r.sum(1), r.sum(0)
+    norm = r / np.sqrt(np.maximum(du, 1))[:, None] / np.sqrt(np.maximum(di, 1))[None, :]
+    _, _, vt = np.linalg.svd(norm, full_matrices=False)
+    v = vt[:rank].T
+    di_is = np.where(di > 0, np.maximum(di, 1) ** -0.5, 0.0)
+    want = (r[users] * di_is) @ v @ v.T * np.sqrt(di) / np.sqrt(r[users].sum(1))[:, None]
+    c = (branch * want).sum() / (want * want).sum()
+    assert c > 0
+    assert np.allclose(branch, c * want, atol=2e-3 * np.abs(branch).max())
+    # Scaled so that a typical user's best branch score is spectral_weight logits.
+    assert np.abs(branch).max(1).mean() == pytest.approx(weight, rel=0.3)
+
+
+def test_spectral_branch_survives_save_and_load(tiny_set_data, tmp_path):
+    ds, _ = tiny_set_data
+    model = _branch_model(ds)
+    attach_spectral_branch(model, ds.train, seed=1)
+    model.save(tmp_path / "model.safetensors")
+    back = RetrievalModel.load(tmp_path / "model.safetensors")
+    assert back.spectral is not None and back.spectral.active
+    users = np.arange(30)
+    assert np.allclose(_scores(back, ds.train, users), _scores(model, ds.train, users))
+
+
+def test_beam_search_over_all_nodes_equals_exhaustive_with_the_branch(tiny_set_data):
+    from hirex.config import IndexConfig
+    from hirex.index.build import build_index
+    from hirex.index.exhaustive import exhaustive_topk
+    from hirex.index.search import beam_search
+
+    ds, _ = tiny_set_data
+    model = _branch_model(ds)
+    attach_spectral_branch(model, ds.train)
+    index = build_index(model, IndexConfig(method="posthoc", levels=[4, 4]))
+    users = np.arange(50)
+    got = beam_search(model, index, users, ds.train, 10, 16, exclude=ds.train).topk
+    want = exhaustive_topk(model, users, ds.train, 10, exclude=ds.train)
+    assert np.array_equal(got.ids.numpy(), want.ids.numpy())
+
+
+def test_spectral_branch_bad_configs(tiny_set_data):
+    ds, _ = tiny_set_data
+    for bad in (
+        ModelConfig(dim=8, spectral_rank=4, scorer="mol"),
+        ModelConfig(dim=8, spectral_rank=4, user_encoder="transformer"),
+    ):
+        with pytest.raises(ConfigError, match="pooled-history dot model"):
+            RetrievalModel(bad, ds.n_users, ds.n_items)
+    with pytest.raises(ConfigError, match="spectral_rank = 5000 must lie between 1"):
+        attach_spectral_branch(_branch_model(ds, rank=5000), ds.train)
+    with pytest.raises(ValueError, match="no spectral branch"):
+        attach_spectral_branch(RetrievalModel(ModelConfig(dim=8), ds.n_users, ds.n_items), ds.train)
+    with pytest.raises(ConfigError, match="before the spectral branch"):
+        apply_overrides(RunConfig(), ["model.spectral_rank=8", "index.method='joint'"])

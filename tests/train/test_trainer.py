@@ -229,3 +229,14 @@ def test_no_validation_targets_is_a_clear_error(tiny_set_data):
     empty = dataclasses.replace(ds, valid=Interactions.empty(ds.n_users, ds.n_items))
     with pytest.raises(ValueError, match="valid_per_user"):
         train_model(_cfg(), empty, progress=False)
+
+
+def test_spectral_branch_is_attached_after_training(tiny_set_data, tmp_path):
+    ds, _ = tiny_set_data
+    cfg = _cfg("train.epochs=1", "model.spectral_rank=16", "model.use_user_id=false")
+    result = train_model(cfg, ds, tmp_path, progress=False)
+    assert result.model.spectral is not None and result.model.spectral.active
+    # The reported validation metrics are those of the model with the branch.
+    again = evaluate(result.model, ds, "valid").metrics["recall@20"]
+    assert result.best_valid["recall@20"] == pytest.approx(again)
+    assert result.best_valid["recall@20"] != result.epochs[result.best_epoch]["valid"]["recall@20"]

@@ -186,7 +186,7 @@ def load_index(
     if (codes < 0).any() or (codes >= torch.tensor(sizes)).any():
         raise ValueError(f"{path}: item paths hold codes outside the codebooks")
     expect_q = model.cfg.mol_item_embs if model.cfg.scorer == "mol" else 1
-    if (q, dim) != (expect_q, model.cfg.dim):
+    if (q, dim) != (expect_q, model.embedding_dim):
         raise ValueError(f"{path}: the index was built for another model (embedding shape)")
     index = HierarchicalIndex(
         codebooks,

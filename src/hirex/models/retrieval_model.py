@@ -16,6 +16,7 @@ from torch import nn
 from hirex.atomic_files import atomic_write_bytes
 from hirex.config import ConfigError, ModelConfig
 from hirex.models.scorers import DotScorer, MixtureOfLogits
+from hirex.models.spectral import SpectralBranch
 from hirex.models.towers import CausalTransformer, ItemTower, UserTower
 from hirex.models.user_batch import UserBatch
 
@@ -76,10 +77,25 @@ class RetrievalModel(nn.Module):
             self.scorer = MixtureOfLogits(p, q, cfg.dim, cfg.mol_gate_hidden)
         else:
             raise ValueError(f"unknown scorer {cfg.scorer!r}; choose one of ['dot', 'mol']")
+        self.spectral: SpectralBranch | None = None
+        if cfg.spectral_rank:
+            if cfg.scorer != "dot" or cfg.user_encoder != "pooling":
+                raise ConfigError(
+                    "model.spectral_rank adds a low-pass branch to a pooled-history dot model: "
+                    "it needs model.scorer = 'dot' and model.user_encoder = 'pooling'"
+                )
+            self.spectral = SpectralBranch(n_items, cfg.spectral_rank, cfg.pooling_exponent)
 
     @property
     def device(self) -> torch.device:
         return self.item_tower.id_emb.weight.device
+
+    @property
+    def embedding_dim(self) -> int:
+        """D of ``encode_users`` / ``encode_items``: dim, plus the rank of an attached spectral
+        branch."""
+        branch = self.spectral
+        return self.cfg.dim + (branch.hist.shape[1] if branch is not None and branch.active else 0)
 
     @property
     def sequential(self) -> bool:
@@ -89,8 +105,13 @@ class RetrievalModel(nn.Module):
         return F.normalize(x, dim=-1) if self.cfg.cosine else x
 
     def encode_users(self, batch: UserBatch) -> torch.Tensor:
-        """-> (B, P, D)"""
-        return self._normalise(self.user_tower(batch))
+        """-> (B, P, D); D = dim, plus spectral_rank once the spectral branch is attached."""
+        out = self._normalise(self.user_tower(batch))
+        if self.spectral is not None and self.spectral.active:
+            # score() divides by the temperature; the branch's scores are already logits.
+            scale = self.cfg.temperature if self.cfg.cosine else 1.0
+            out = torch.cat([out, self.spectral.users(batch)[:, None] * scale], dim=-1)
+        return out
 
     def encode_user_positions(self, users: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
         """Sequence models: users (B,), seq (B, T) left-padded -> (B, T, P, D), one user
@@ -102,8 +123,13 @@ class RetrievalModel(nn.Module):
         return self._normalise(self.user_tower.combine(users[:, None].expand(seq.shape), states))
 
     def encode_items(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """items: (N,) int64 or None for all -> (N, Q, D)"""
-        return self._normalise(self.item_tower(items))
+        """items: (N,) int64 or None for all -> (N, Q, D) (D as in ``encode_users``)"""
+        out = self._normalise(self.item_tower(items))
+        if self.spectral is not None and self.spectral.active:
+            if items is None:
+                items = torch.arange(self.n_items, device=out.device)
+            out = torch.cat([out, self.spectral(items)[:, None]], dim=-1)
+        return out
 
     def score(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """user: (B, P, D), item: (N, Q, D) -> (B, N) scores (logits of the softmax)."""

@@ -27,7 +27,7 @@ from hirex.eval.protocols import default_ks, evaluate
 from hirex.index.codebooks import ResidualCodebooks, load_codebooks, save_codebooks
 from hirex.index.learning import IndexLearner
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
-from hirex.models.spectral import check_spectral, spectral_init
+from hirex.models.spectral import attach_spectral_branch, check_spectral, spectral_init
 from hirex.train.batches import (
     PairBatches,
     SequenceBatch,
@@ -121,11 +121,41 @@ def train_model(
             result.train_seconds + refit.train_seconds,
             refit.codebooks,
         )
+    if result.model.spectral is not None:
+        result = _attach_spectral(cfg, dataset, result)
     if out is not None:
         result.model.save(out / MODEL, extra={"best_epoch": str(result.best_epoch)})
         if result.codebooks is not None:
             save_codebooks(result.codebooks, out / CODEBOOKS)
     return result
+
+
+def _attach_spectral(cfg: RunConfig, dataset: Dataset, result: TrainResult) -> TrainResult:
+    """Attach the spectral branch to the trained model, fitted on the data it was trained on;
+    the reported validation metrics become those of the model with the branch."""
+    t0 = time.perf_counter()
+    data = dataset.train.concat(dataset.valid) if cfg.train.refit else dataset.train
+    attach_spectral_branch(result.model, data, cfg.train.seed)
+    valid = result.best_valid
+    if not cfg.train.refit:
+        valid = evaluate(
+            result.model,
+            dataset,
+            "valid",
+            eval_ks(cfg, dataset),
+            user_batch=cfg.eval.user_batch,
+            item_chunk=cfg.eval.item_chunk,
+        ).metrics
+        metric = select_metric(cfg, dataset)
+        log.info(
+            "spectral branch (rank %d) attached: valid %s %.4f -> %.4f",
+            cfg.model.spectral_rank,
+            metric,
+            result.best_valid.get(metric, float("nan")),
+            valid.get(metric, float("nan")),
+        )
+    seconds = result.train_seconds + time.perf_counter() - t0
+    return dataclasses.replace(result, best_valid=valid, train_seconds=seconds)
 
 
 def finetune_model(
