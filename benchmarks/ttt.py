@@ -34,8 +34,8 @@ from hirex.runs import INDEX_DIR, dataset_from_config, train_run
 from hirex.ttt.finetune import test_time_train
 
 DEFAULTS = {
-    "gowalla": ("configs/index-gowalla.toml", ("recall@20", "ndcg@20")),
-    "beauty": ("configs/index-beauty.toml", ("recall@10", "ndcg@10")),
+    "gowalla": ("configs/ttt-gowalla.toml", ("recall@20", "ndcg@20")),
+    "beauty": ("configs/ttt-beauty.toml", ("recall@10", "ndcg@10")),
 }
 
 
