@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 COLUMNS = {
@@ -157,6 +159,60 @@ def scale_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def ttt_table(results: dict) -> str:
+    lines = ["### ttt", ""]
+    for r in results.values():
+        m0, m1 = r["metrics"]
+        cols = [
+            f"valid_index/{m0}",
+            f"test_exhaustive/{m0}",
+            f"test_index/{m0}",
+            f"test_index/{m1}",
+        ]
+        lines += [
+            f"{r['dataset']}. Mean ± standard deviation over "
+            f"{len(r['without_ttt'][cols[0]]['values'])} seeds; index search at beam "
+            f"{r['config']['index']['beam']}.",
+            "",
+            "| setting | " + " | ".join(c.replace("_", " ") for c in cols) + " | mined pairs | "
+            "users covered | seeds where fine-tuning beat the start on validation |",
+            "| --- |" + " --- |" * (len(cols) + 3),
+        ]
+
+        def cell(stats: dict, key: str) -> str:
+            return f"{stats[key]['mean']:.4f} ± {stats[key]['std']:.4f}"
+
+        lines.append(
+            "| without TTT | " + " | ".join(cell(r["without_ttt"], c) for c in cols) + " | | |"
+        )
+        for setting, stats in r["with_ttt"].items():
+            mined = r["mined"][setting]
+            pairs = np.mean([m["pairs"] for m in mined])
+            covered = np.mean([m["users_covered"] for m in mined])
+            kept = sum(m["best_epoch"] > 0 for m in mined)
+            lines.append(
+                f"| {setting} | "
+                + " | ".join(cell(stats, c) for c in cols)
+                + f" | {pairs:,.0f} | {covered:.1%} | {kept} of {len(mined)} |"
+            )
+        sel = r.get("selected_on_valid")
+        if sel:
+            verdict = "a real gain" if sel["real_gain"] else "no real gain"
+            lines += [
+                "",
+                f"Chosen on validation: {sel['setting']}; test {m0} through the index "
+                f"{sel['test_index_gain']:+.4f} against two standard deviations "
+                f"{sel['two_std']:.4f}: {verdict}.",
+            ]
+        lines += [
+            "",
+            f"Command: `{r['command']}`. "
+            f"Machine: {r['machine']['cores']} cores, {r['machine']['cpu_model']}.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parts = []
     for path in sorted((HERE / "results").glob("*.json")):
@@ -166,6 +222,8 @@ def main() -> None:
             parts.append(index_table(path.stem, json.loads(path.read_text())))
         elif path.stem == "index_scale":
             parts.append(scale_table(json.loads(path.read_text())))
+        elif path.stem == "ttt":
+            parts.append(ttt_table(json.loads(path.read_text())))
     readme = HERE / "README.md"
     text = readme.read_text()
     head, rest = text.split(BEGIN, 1)

@@ -107,7 +107,16 @@ def main() -> None:
                 print(name, "skipped:", err)
                 continue
             with_ttt[name].append(measure(res.model, res.index, ds, ks, cfg.index.beam))
-            mined[name].append({**res.mined.summary(), "best_epoch": res.training.best_epoch + 1})
+            fine_tune_valid = [
+                round(e["valid"][metrics[0]], 5) for e in res.training.epochs if "valid" in e
+            ]
+            mined[name].append(
+                {
+                    **res.mined.summary(),
+                    "best_epoch": res.training.best_epoch + 1,
+                    "fine_tune_valid": fine_tune_valid,
+                }
+            )
             print("seed", seed, name, {k: v[metrics[0]] for k, v in with_ttt[name][-1].items()})
     entry: dict[str, Any] = {
         "dataset": ds.summary(),
