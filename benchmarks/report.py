@@ -183,7 +183,7 @@ def ttt_table(results: dict) -> str:
             return f"{stats[key]['mean']:.4f} ± {stats[key]['std']:.4f}"
 
         lines.append(
-            "| without TTT | " + " | ".join(cell(r["without_ttt"], c) for c in cols) + " | | |"
+            "| without TTT | " + " | ".join(cell(r["without_ttt"], c) for c in cols) + " | | | |"
         )
         for setting, stats in r["with_ttt"].items():
             mined = r["mined"][setting]
