@@ -1,0 +1,87 @@
+"""Choose the spectral branch's rank and weight on validation for a trained pooled-history model.
+
+Loads a finished run (its learned part), attaches the branch at every rank x weight and reports
+the validation metrics (test is never read), so the choice in configs/gowalla-spectral-branch.toml
+can be checked and redone on other data.
+
+    python benchmarks/spectral_sweep.py --run runs/bench-gowalla-spectral-branch \\
+        [--ranks 256,1024] [--weights 1,3,5]
+
+Writes benchmarks/results/spectral_sweep.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+
+import torch
+from common import RESULTS, command_line, machine
+
+from hirex.atomic_files import atomic_write_json
+from hirex.eval.protocols import evaluate
+from hirex.models.retrieval_model import RetrievalModel
+from hirex.models.spectral import attach_spectral_branch
+from hirex.runs import load_run
+from hirex.train.trainer import eval_ks, select_metric
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--run", required=True, help="a finished run of a pooled-history dot model")
+    p.add_argument("--ranks", default="256,1024")
+    p.add_argument("--weights", default="1,3,5")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = load_run(args.run, device="cpu")
+    cfg, ds = run.config, run.dataset
+    metric = select_metric(cfg, ds)
+    ks = eval_ks(cfg, ds)
+    # The learned part alone: every parameter except the branch's buffers.
+    learned = {k: v for k, v in run.model.state_dict().items() if not k.startswith("spectral.")}
+
+    def with_branch(rank: int, weight: float) -> RetrievalModel:
+        mcfg = dataclasses.replace(cfg.model, spectral_rank=rank, spectral_weight=weight)
+        model = RetrievalModel(mcfg, ds.n_users, ds.n_items)
+        missing, unexpected = model.load_state_dict(learned, strict=False)
+        assert not unexpected and all(k.startswith("spectral.") for k in missing)
+        return model.eval()
+
+    rows = []
+    valid = evaluate(with_branch(0, 1.0), ds, "valid", ks).metrics
+    rows.append({"rank": 0, "weight": 0.0, "valid": valid})
+    print(f"no branch: valid {metric} {valid[metric]:.4f}")
+    for rank in [int(r) for r in args.ranks.split(",")]:
+        t0 = time.perf_counter()
+        model = with_branch(rank, 1.0)
+        attach_spectral_branch(model, ds.train, cfg.train.seed)
+        unit = model.spectral.items.clone()  # the branch scaled to weight 1
+        for weight in [float(w) for w in args.weights.split(",")]:
+            model.spectral.items.copy_(unit * weight)
+            valid = evaluate(model, ds, "valid", ks).metrics
+            rows.append({"rank": rank, "weight": weight, "valid": valid})
+            seconds = time.perf_counter() - t0
+            print(
+                f"rank {rank} weight {weight}: valid {metric} {valid[metric]:.4f} ({seconds:.0f}s)"
+            )
+            t0 = time.perf_counter()
+    best = max(rows, key=lambda r: r["valid"][metric])
+    out = {
+        "run": str(args.run),
+        "metric": metric,
+        "rows": rows,
+        "best": {"rank": best["rank"], "weight": best["weight"]},
+        "command": command_line(),
+        "machine": machine(),
+    }
+    atomic_write_json(RESULTS / "spectral_sweep.json", out)
+    print(f"best on validation: rank {best['rank']}, weight {best['weight']}")
+
+
+if __name__ == "__main__":
+    main()
