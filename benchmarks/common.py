@@ -66,8 +66,11 @@ def scoring_throughput(
 
 def untrained_twin(cfg: RunConfig, dataset: Dataset, scorer: str) -> RetrievalModel:
     """A model of the same size with another scorer, for throughput only (not trained)."""
-    # Weight tying is a dot-scorer option: the mixture of logits has several item embeddings.
-    mcfg = dataclasses.replace(cfg.model, scorer=scorer, share_item_embedding=False)
+    # Weight tying and the spectral branch are dot-scorer options: the mixture of logits has
+    # several item embeddings.
+    mcfg = dataclasses.replace(
+        cfg.model, scorer=scorer, share_item_embedding=False, spectral_rank=0
+    )
     return RetrievalModel(mcfg, dataset.n_users, dataset.n_items, dataset.item_text).eval()
 
 
