@@ -1,13 +1,14 @@
 """Choose the spectral branch's rank and weight on validation for a trained pooled-history model.
 
-Loads a finished run (its learned part), attaches the branch at every rank x weight and reports
+Loads a trained model (its learned part), attaches the branch at every rank x weight and reports
 the validation metrics (test is never read), so the choice in configs/gowalla-spectral-branch.toml
 can be checked and redone on other data.
 
-    python benchmarks/spectral_sweep.py --run runs/bench-gowalla-spectral-branch \\
-        [--ranks 256,1024] [--weights 1,3,5]
+    python benchmarks/spectral_sweep.py --config configs/gowalla-spectral-branch.toml \\
+        --model runs/bench-gowalla-spectral-branch/model.safetensors [--ranks 256,1024] \\
+        [--weights 1,3,5]
 
-Writes benchmarks/results/spectral_sweep.json.
+Writes benchmarks/results/spectral_sweep.json (--output to name it otherwise).
 """
 
 from __future__ import annotations
@@ -18,32 +19,37 @@ import logging
 import time
 
 import torch
-from common import RESULTS, command_line, machine
+from common import RESULTS, SHARED_DATA, command_line, machine
 
 from hirex.atomic_files import atomic_write_json
+from hirex.config import apply_overrides, load_config
 from hirex.eval.protocols import evaluate
 from hirex.models.retrieval_model import RetrievalModel
 from hirex.models.spectral import attach_spectral_branch
-from hirex.runs import load_run
+from hirex.runs import dataset_from_config
 from hirex.train.trainer import eval_ks, select_metric
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--run", required=True, help="a finished run of a pooled-history dot model")
+    p.add_argument("--config", required=True, help="the config the model was trained with")
+    p.add_argument("--model", required=True, help="model.safetensors of a pooled-history dot model")
+    p.add_argument("--data-dir", default=str(SHARED_DATA))
     p.add_argument("--ranks", default="256,1024")
     p.add_argument("--weights", default="1,3,5")
+    p.add_argument("--output", default="spectral_sweep", help="results/<output>.json")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = load_run(args.run, device="cpu")
-    cfg, ds = run.config, run.dataset
+    cfg = apply_overrides(load_config(args.config), [f'data.data_dir="{args.data_dir}"'])
+    ds = dataset_from_config(cfg.data)
+    trained = RetrievalModel.load(args.model)
     metric = select_metric(cfg, ds)
     ks = eval_ks(cfg, ds)
     # The learned part alone: every parameter except the branch's buffers.
-    learned = {k: v for k, v in run.model.state_dict().items() if not k.startswith("spectral.")}
+    learned = {k: v for k, v in trained.state_dict().items() if not k.startswith("spectral.")}
 
     def with_branch(rank: int, weight: float) -> RetrievalModel:
         mcfg = dataclasses.replace(cfg.model, spectral_rank=rank, spectral_weight=weight)
@@ -72,14 +78,15 @@ def main() -> None:
             t0 = time.perf_counter()
     best = max(rows, key=lambda r: r["valid"][metric])
     out = {
-        "run": str(args.run),
+        "model": str(args.model),
+        "config": str(args.config),
         "metric": metric,
         "rows": rows,
         "best": {"rank": best["rank"], "weight": best["weight"]},
         "command": command_line(),
         "machine": machine(),
     }
-    atomic_write_json(RESULTS / "spectral_sweep.json", out)
+    atomic_write_json(RESULTS / f"{args.output}.json", out)
     print(f"best on validation: rank {best['rank']}, weight {best['weight']}")
 
 
