@@ -1,8 +1,9 @@
 """Choose the spectral branch's rank and weight on validation for a trained pooled-history model.
 
 Loads a trained model (its learned part), attaches the branch at every rank x weight and reports
-the validation metrics (test is never read), so the choice in configs/gowalla-spectral-branch.toml
-can be checked and redone on other data.
+the validation metrics, so the choice in configs/gowalla-spectral-branch.toml can be checked and
+redone on other data.  Test is read only with --test, and then only for the setting that is best
+on validation.
 
     python benchmarks/spectral_sweep.py --config configs/gowalla-spectral-branch.toml \\
         --model runs/bench-gowalla-spectral-branch/model.safetensors [--ranks 256,1024] \\
@@ -37,6 +38,9 @@ def main() -> None:
     p.add_argument("--data-dir", default=str(SHARED_DATA))
     p.add_argument("--ranks", default="256,1024")
     p.add_argument("--weights", default="1,3,5")
+    p.add_argument(
+        "--test", action="store_true", help="also evaluate the best setting (only) on test"
+    )
     p.add_argument("--output", default="spectral_sweep", help="results/<output>.json")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
@@ -77,12 +81,18 @@ def main() -> None:
             )
             t0 = time.perf_counter()
     best = max(rows, key=lambda r: r["valid"][metric])
+    if args.test:
+        model = with_branch(best["rank"], best["weight"])
+        if best["rank"]:
+            attach_spectral_branch(model, ds.train, cfg.train.seed)
+        best["test"] = evaluate(model, ds, "test", ks).metrics
+        print(f"test at the best setting: {metric} {best['test'][metric]:.4f}")
     out = {
         "model": str(args.model),
         "config": str(args.config),
         "metric": metric,
         "rows": rows,
-        "best": {"rank": best["rank"], "weight": best["weight"]},
+        "best": {k: best[k] for k in ("rank", "weight", "test") if k in best},
         "command": command_line(),
         "machine": machine(),
     }
