@@ -21,11 +21,11 @@ from hirex.atomic_files import atomic_write_json
 from hirex.config import DataConfig, RunConfig, load_config, save_config
 from hirex.data.interactions import Dataset
 from hirex.data.registry import load_dataset
-from hirex.eval.protocols import evaluate, evaluate_index
+from hirex.eval.protocols import evaluate_index
 from hirex.index.build import build_index
 from hirex.index.files import save_index
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
-from hirex.train.trainer import MODEL, TrainResult, eval_ks, train_model
+from hirex.train.trainer import MODEL, TrainResult, eval_ks, evaluate_split, train_model
 
 METRICS_FORMAT = "hirex-metrics"
 METRICS_VERSION = 1
@@ -58,14 +58,7 @@ def finish_run(
 ) -> dict[str, Any]:
     """Evaluate the trained model on the test split and write metrics.json and the id maps."""
     out = Path(out)
-    test = evaluate(
-        result.model,
-        dataset,
-        "test",
-        eval_ks(cfg, dataset),
-        user_batch=cfg.eval.user_batch,
-        item_chunk=cfg.eval.item_chunk,
-    )
+    test = evaluate_split(cfg, result.model, dataset, "test")
     report = {
         "format": METRICS_FORMAT,
         "version": METRICS_VERSION,

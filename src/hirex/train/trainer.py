@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from hirex.config import ConfigError, RunConfig, config_to_dict
 from hirex.data.interactions import Dataset, Interactions
-from hirex.eval.protocols import default_ks, evaluate
+from hirex.eval.protocols import Evaluation, default_ks, evaluate
 from hirex.index.codebooks import ResidualCodebooks, load_codebooks, save_codebooks
 from hirex.index.learning import IndexLearner
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
@@ -75,6 +75,20 @@ def eval_ks(cfg: RunConfig, dataset: Dataset) -> tuple[int, ...]:
             f"eval.select_metric {metric!r} must look like recall@20, ndcg@10, hit@10 or mrr@10"
         )
     return tuple(sorted(set(ks) | {k}))
+
+
+def evaluate_split(
+    cfg: RunConfig, model: RetrievalModel, dataset: Dataset, split: str
+) -> Evaluation:
+    """Exhaustive metrics of ``model`` on ``split`` at the run's ks and ``eval`` batch sizes."""
+    return evaluate(
+        model,
+        dataset,
+        split,  # type: ignore[arg-type]
+        eval_ks(cfg, dataset),
+        user_batch=cfg.eval.user_batch,
+        item_chunk=cfg.eval.item_chunk,
+    )
 
 
 def build_model(cfg: RunConfig, dataset: Dataset) -> RetrievalModel:
@@ -138,14 +152,7 @@ def _attach_spectral(cfg: RunConfig, dataset: Dataset, result: TrainResult) -> T
     attach_spectral_branch(result.model, data, cfg.train.seed)
     valid = result.best_valid
     if not cfg.train.refit:
-        valid = evaluate(
-            result.model,
-            dataset,
-            "valid",
-            eval_ks(cfg, dataset),
-            user_batch=cfg.eval.user_batch,
-            item_chunk=cfg.eval.item_chunk,
-        ).metrics
+        valid = evaluate_split(cfg, result.model, dataset, "valid").metrics
         metric = select_metric(cfg, dataset)
         log.info(
             "spectral branch (rank %d) attached: valid %s %.4f -> %.4f",
@@ -183,14 +190,7 @@ def finetune_model(
         pairs=pairs,
         init={k: v.detach().cpu() for k, v in model.state_dict().items()},
     )
-    start = evaluate(
-        loop.model,
-        dataset,
-        "valid",
-        loop.ks,
-        user_batch=cfg.eval.user_batch,
-        item_chunk=cfg.eval.item_chunk,
-    ).metrics
+    start = evaluate_split(cfg, loop.model, dataset, "valid").metrics
     result = loop.run(validate=True)
     if result.best_valid.get(loop.metric, float("-inf")) <= start[loop.metric]:
         log.info("fine-tuning did not improve validation %s; keeping the start model", loop.metric)
@@ -281,7 +281,6 @@ class _Loop:
         self.sample_cdf = np.cumsum(self.sample_p)
         self.log_sample_p = torch.from_numpy(np.log(self.sample_p)).float().to(device)
         self.metric = select_metric(cfg, dataset)
-        self.ks = eval_ks(cfg, dataset)
 
     # ---- one step ---------------------------------------------------------------------------
     def _rows(
@@ -460,14 +459,7 @@ class _Loop:
                     self._save(state)
             record: dict[str, Any] = {"epoch": epoch + 1, "loss": state["loss_sum"] / steps}
             if validate:
-                ev = evaluate(
-                    self.model,
-                    self.dataset,
-                    "valid",
-                    self.ks,
-                    user_batch=self.cfg.eval.user_batch,
-                    item_chunk=self.cfg.eval.item_chunk,
-                )
+                ev = evaluate_split(self.cfg, self.model, self.dataset, "valid")
                 record["valid"] = ev.metrics
                 value = ev.metrics[self.metric]
                 if state["best"] is None or value > state["best"]:
