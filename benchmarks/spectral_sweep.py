@@ -50,19 +50,25 @@ def main() -> None:
     cfg = apply_overrides(load_config(args.config), [f'data.data_dir="{args.data_dir}"'])
     ds = dataset_from_config(cfg.data)
     trained = RetrievalModel.load(args.model)
+    if (trained.n_users, trained.n_items) != (ds.n_users, ds.n_items):
+        raise SystemExit(
+            f"{args.model} was trained on {trained.n_users} users x {trained.n_items} items, but "
+            f"the data of {args.config} has {ds.n_users} x {ds.n_items}; pass the config the "
+            "model was trained with"
+        )
     metric = select_metric(cfg, ds)
     ks = eval_ks(cfg, ds)
     # The learned part alone: every parameter except the branch's buffers.
     learned = {k: v for k, v in trained.state_dict().items() if not k.startswith("spectral.")}
 
     def with_branch(rank: int, weight: float) -> RetrievalModel:
-        mcfg = dataclasses.replace(cfg.model, spectral_rank=rank, spectral_weight=weight)
+        mcfg = dataclasses.replace(trained.cfg, spectral_rank=rank, spectral_weight=weight)
         model = RetrievalModel(mcfg, ds.n_users, ds.n_items)
-        missing, unexpected = model.load_state_dict(learned, strict=False)
-        assert not unexpected and all(k.startswith("spectral.") for k in missing)
+        model.load_state_dict(learned, strict=False)  # shapes checked above; branch left empty
         return model.eval()
 
     rows = []
+    fitted: dict[int, tuple[RetrievalModel, torch.Tensor]] = {}  # rank -> model, weight-1 items
     valid = evaluate(with_branch(0, 1.0), ds, "valid", ks).metrics
     rows.append({"rank": 0, "weight": 0.0, "valid": valid})
     print(f"no branch: valid {metric} {valid[metric]:.4f}")
@@ -71,6 +77,7 @@ def main() -> None:
         model = with_branch(rank, 1.0)
         attach_spectral_branch(model, ds.train, cfg.train.seed)
         unit = model.spectral.items.clone()  # the branch scaled to weight 1
+        fitted[rank] = model, unit
         for weight in [float(w) for w in args.weights.split(",")]:
             model.spectral.items.copy_(unit * weight)
             valid = evaluate(model, ds, "valid", ks).metrics
@@ -82,9 +89,11 @@ def main() -> None:
             t0 = time.perf_counter()
     best = max(rows, key=lambda r: r["valid"][metric])
     if args.test:
-        model = with_branch(best["rank"], best["weight"])
         if best["rank"]:
-            attach_spectral_branch(model, ds.train, cfg.train.seed)
+            model, unit = fitted[best["rank"]]
+            model.spectral.items.copy_(unit * best["weight"])
+        else:
+            model = with_branch(0, 1.0)
         best["test"] = evaluate(model, ds, "test", ks).metrics
         print(f"test at the best setting: {metric} {best['test'][metric]:.4f}")
     out = {
