@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from scipy.sparse.linalg import svds
 from torch import nn
 
 from hirex.config import ConfigError
 from hirex.data.interactions import Interactions
-from hirex.models.towers import PooledHistory
+from hirex.models.towers import PooledHistory, pool_history
 from hirex.models.user_batch import UserBatch
 
 if TYPE_CHECKING:
@@ -107,8 +106,7 @@ class SpectralBranch(nn.Module):
 
     def users(self, batch: UserBatch) -> torch.Tensor:
         """-> (B, K): the sum of the history's rows of ``hist`` / |history| ** exponent."""
-        summed = F.embedding_bag(batch.hist_items, self.hist, batch.hist_indptr[:-1], mode="sum")
-        return summed / batch.lengths.to(summed.dtype).clamp(min=1.0)[:, None] ** self.exponent
+        return pool_history(batch, self.hist, self.exponent)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items: (N,) -> (N, K)"""

@@ -81,10 +81,13 @@ class PooledHistory(nn.Module):
 
     def forward(self, batch: UserBatch) -> torch.Tensor:
         """-> (B, D)"""
-        offsets = batch.hist_indptr[:-1]
-        summed = F.embedding_bag(batch.hist_items, self.emb.weight, offsets, mode="sum")
-        count = batch.lengths.to(summed.dtype)
-        return summed / count.clamp(min=1.0)[:, None] ** self.exponent
+        return pool_history(batch, self.emb.weight, self.exponent)
+
+
+def pool_history(batch: UserBatch, table: torch.Tensor, exponent: float) -> torch.Tensor:
+    """table: (N, D) -> (B, D), the sum of each history's rows / |history| ** exponent."""
+    summed = F.embedding_bag(batch.hist_items, table, batch.hist_indptr[:-1], mode="sum")
+    return summed / batch.lengths.to(summed.dtype).clamp(min=1.0)[:, None] ** exponent
 
 
 class CausalTransformer(nn.Module):
