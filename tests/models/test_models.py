@@ -153,3 +153,21 @@ def test_shared_item_embedding_round_trip(tmp_path):
         )
     with pytest.raises(ValueError, match="share_item_embedding"):
         RetrievalModel(ModelConfig(dim=16, share_item_embedding=True), 4, 10)
+
+
+def test_item_text_alone_encodes_a_new_item_like_the_tower_without_its_id():
+    cfg = ModelConfig(dim=16, scorer="mol", mol_user_embs=2, mol_item_embs=3, item_text=True)
+    m = _model(cfg)
+    with torch.no_grad():
+        got = m.encode_item_text([TEXT[4], "WORD1  shared"])
+        tower = m.item_tower(torch.tensor([4]))
+        want = torch.nn.functional.normalize(
+            tower - m.item_tower.id_emb(torch.tensor([4])).view(1, 3, 16), dim=-1
+        )
+    assert got.shape == (2, 3, 16)
+    assert torch.allclose(got[0], want[0], atol=1e-6)
+    assert torch.allclose(got[1], got[0], atol=1e-6)  # same words, other case and spacing
+    with pytest.raises(ValueError, match="no words"):
+        m.encode_item_text(["   "])
+    with pytest.raises(ValueError, match="no text features"):
+        _model(ModelConfig(dim=16)).encode_item_text(["a"])

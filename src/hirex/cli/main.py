@@ -13,11 +13,21 @@ from hirex.cli import (
     eval_cmd,
     index_cmd,
     retrieve_cmd,
+    serve_cmd,
     train_cmd,
     ttt_cmd,
 )
 
-SUBCOMMANDS = [demo_cmd, train_cmd, eval_cmd, retrieve_cmd, index_cmd, ttt_cmd, data_cmd]
+SUBCOMMANDS = [
+    demo_cmd,
+    train_cmd,
+    eval_cmd,
+    retrieve_cmd,
+    index_cmd,
+    ttt_cmd,
+    serve_cmd,
+    data_cmd,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

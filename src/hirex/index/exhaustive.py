@@ -75,7 +75,7 @@ def exhaustive_topk(
     for batch, rows_users in bar:
         stop = start + len(batch)
         u = model.encode_users(batch.to(device))
-        mask_rows, mask_items = _exclusions(
+        mask_rows, mask_items = exclusion_pairs(
             stop - start,
             rows_users,
             exclude,
@@ -102,13 +102,14 @@ def exhaustive_topk(
     return TopK(torch.cat(out_scores), torch.cat(out_ids))
 
 
-def _exclusions(
+def exclusion_pairs(
     n_rows: int,
     users: np.ndarray | None,
     exclude: Interactions | None,
     extra: list[np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(row, item) pairs to mask for a block of rows, as two int64 arrays."""
+    """(row, item) pairs to mask for a block of ``n_rows`` rows, as two int64 arrays: the items
+    of each row's user in ``exclude`` (when the rows have user ids) plus the row's ``extra``."""
     rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     if exclude is not None and users is not None:
         r, c = exclude.gather(users)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from hirex.data.interactions import Interactions
+from hirex.index.exhaustive import exclusion_pairs
 from hirex.index.hierarchy import HierarchicalIndex
 from hirex.index.topk import TopK, empty_topk
 from hirex.models.retrieval_model import RetrievalModel
@@ -56,6 +57,7 @@ def beam_search(
     beam: int | str | tuple[int, ...],
     *,
     exclude: Interactions | None = None,
+    exclude_ids: list[np.ndarray] | None = None,
     user_batch: int = 256,
     item_chunk: int = 65536,
 ) -> SearchResult:
@@ -63,7 +65,8 @@ def beam_search(
 
     users: (U,) dense user ids with histories in ``history``, or a ready ``UserBatch``.
     beam: nodes kept per level (one width for all levels or one per level).
-    exclude: items never returned for a user (typically their training items).
+    exclude: items never returned for a user (typically their training items); ``exclude_ids``
+    gives extra per-row items to drop (one array per user, e.g. for ad-hoc users).
     Removed items are never returned.  Rows with fewer than ``k`` candidates end in -1 / -inf.
     """
     if k <= 0:
@@ -74,21 +77,30 @@ def beam_search(
     index.to(device)
     levels = index.levels
     member_ptr, members = index.members
-    item_side = index.cached(
-        ("item_side", *_scorer_key(model)), lambda: model.item_side(index.item_emb)
-    )
+    item_side = _item_side(model, index)
     t_member_ptr = torch.from_numpy(member_ptr).to(device)
     t_members = torch.from_numpy(members).to(device)
     max_len = model.cfg.max_history if model.sequential else None
+    if exclude_ids is not None and len(exclude_ids) != len(users):
+        raise ValueError(
+            f"exclude_ids needs one array per user ({len(users)}), got {len(exclude_ids)}"
+        )
     scores_out, ids_out, nodes_out, items_out = [], [], [], []
+    start = 0
     for batch, rows_users in user_blocks(users, history, user_batch, max_len):
+        stop = start + len(batch)
         u = model.encode_users(batch.to(device))
         kept, _, nodes_scored = descend(model, index, u, widths, len(levels), item_chunk)
         cand = _expand(kept, t_member_ptr)
         valid = cand >= 0
         items = torch.where(valid, t_members[cand.clamp(min=0)], -1)
-        if exclude is not None and rows_users is not None:
-            valid &= ~_excluded(items, rows_users, exclude, device)
+        rows, cols = exclusion_pairs(
+            stop - start,
+            rows_users,
+            exclude,
+            None if exclude_ids is None else exclude_ids[start:stop],
+        )
+        valid &= ~_excluded(items, rows, cols, device)
         items = torch.where(valid, items, -1)
         s = _score_valid(model, u, index.item_emb, item_side, items, valid, item_chunk)
         best = _top_scores(s, items, k)
@@ -96,6 +108,7 @@ def beam_search(
         ids_out.append(best.ids.cpu())
         nodes_out.append(nodes_scored.cpu().numpy())
         items_out.append(valid.sum(1).cpu().numpy())
+        start = stop
     if not ids_out:
         return SearchResult(empty_topk(0, k), np.zeros(0, np.int64), np.zeros(0, np.int64))
     return SearchResult(
@@ -122,10 +135,7 @@ def descend(
     device = u.device
     levels = index.levels
     nonempty = [torch.from_numpy(lv.count > 0).to(device) for lv in levels[:depth]]
-    node_side = [
-        index.cached(("node_side", i, *_scorer_key(model)), lambda e=lv.emb: model.item_side(e))
-        for i, lv in enumerate(levels[:depth])
-    ]
+    node_side = _node_sides(model, index)[:depth]
     b = u.shape[0]
     s = model.score(index.codebooks.map_user(u, 0), levels[0].emb).float()
     s = s.masked_fill(~nonempty[0][None, :], float("-inf"))
@@ -141,6 +151,30 @@ def descend(
         nodes_scored += valid.sum(1)
         kept, kept_scores = _top(s, torch.where(valid, cand, -1), widths[level])
     return kept, kept_scores, nodes_scored
+
+
+@torch.no_grad()
+def prepare_index(model: RetrievalModel, index: HierarchicalIndex) -> None:
+    """Compute everything search derives from the index's items now (node levels, member
+    lists, the scorer's per-item and per-node work), so that later searches only read it.
+
+    Search computes these lazily; a service that changes items calls this while it holds
+    searches off, so that concurrent searches never race to fill the caches."""
+    index.to(model.device)
+    _ = index.levels, index.members
+    _item_side(model, index)
+    _node_sides(model, index)
+
+
+def _item_side(model: RetrievalModel, index: HierarchicalIndex) -> torch.Tensor | None:
+    return index.cached(("item_side", *_scorer_key(model)), lambda: model.item_side(index.item_emb))
+
+
+def _node_sides(model: RetrievalModel, index: HierarchicalIndex) -> list[torch.Tensor | None]:
+    return [
+        index.cached(("node_side", i, *_scorer_key(model)), lambda e=lv.emb: model.item_side(e))
+        for i, lv in enumerate(index.levels)
+    ]
 
 
 def _scorer_key(model: RetrievalModel) -> tuple:
@@ -219,10 +253,9 @@ def _expand(parents: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
 
 
 def _excluded(
-    items: torch.Tensor, users: np.ndarray, exclude: Interactions, device: torch.device
+    items: torch.Tensor, rows: np.ndarray, cols: np.ndarray, device: torch.device
 ) -> torch.Tensor:
-    """(B, C) bool: candidate (row, item) pairs listed in ``exclude`` for the row's user."""
-    rows, cols = exclude.gather(users)
+    """(B, C) bool: candidate (row, item) pairs listed in (rows, cols)."""
     if len(rows) == 0:
         return torch.zeros_like(items, dtype=torch.bool)
     n = max(int(items.max()) + 1, int(cols.max()) + 1, 1)

@@ -131,6 +131,13 @@ class RetrievalModel(nn.Module):
             out = torch.cat([out, self.spectral(items)[:, None]], dim=-1)
         return out
 
+    def encode_item_text(self, texts: list[str]) -> torch.Tensor:
+        """Item embeddings (M, Q, D) from text alone, for items added after training (they have
+        no learned id embedding nor interactions, so the spectral part, if any, is zero)."""
+        out = self._normalise(self.item_tower.encode_text(texts, self.cfg.text_buckets))
+        extra = self.embedding_dim - out.shape[-1]
+        return torch.cat([out, out.new_zeros(*out.shape[:-1], extra)], -1) if extra else out
+
     def score(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """user: (B, P, D), item: (N, Q, D) -> (B, N) scores (logits of the softmax)."""
         s = self.scorer(user, item)

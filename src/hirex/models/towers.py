@@ -69,6 +69,21 @@ class ItemTower(nn.Module):
             out = out + self.text_emb(flat, offsets)
         return out.view(-1, self.n_embs, self.dim)
 
+    def encode_text(self, texts: list[str], buckets: int) -> torch.Tensor:
+        """The text part alone, for items the id table does not hold: (M,) texts -> (M, Q, D).
+        A text with no tokens is a ValueError."""
+        if self.text_emb is None:
+            raise ValueError("this model has no text features (model.item_text = false)")
+        indptr, tokens = hash_text_tokens(texts, buckets)
+        empty = np.flatnonzero(np.diff(indptr) == 0)
+        if len(empty):
+            raise ValueError(f"item text {int(empty[0])} has no words to encode")
+        device = self.text_emb.weight.device
+        out = self.text_emb(
+            torch.from_numpy(tokens).to(device), torch.from_numpy(indptr[:-1]).to(device)
+        )
+        return out.view(-1, self.n_embs, self.dim)
+
 
 class PooledHistory(nn.Module):
     """Order-free history encoder: sum of history embeddings / |history| ** exponent."""

@@ -1,0 +1,104 @@
+"""RetrievalService in-process: original ids, live changes, snapshots and the state folder."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from hirex.cli.main import main
+from hirex.data.synthetic import SyntheticConfig, make_synthetic
+from hirex.serve.journal import JournalError
+from hirex.serve.service import Query, RetrievalService, ServiceError
+
+
+@pytest.fixture(scope="module")
+def string_id_run(tmp_path_factory):
+    """A run on a CSV table whose users and items have string ids."""
+    root = tmp_path_factory.mktemp("strings")
+    ds, _ = make_synthetic(SyntheticConfig(n_users=300, n_items=120, seed=5))
+    path = root / "clicks.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "item"])
+        for u in range(ds.n_users):
+            for i in ds.train.items[ds.train.indptr[u] : ds.train.indptr[u + 1]]:
+                w.writerow([f"user-{u}", f"sku-{i}"])
+    out = root / "run"
+    flags = ["--data", str(path), "--quiet", "--set", "train.epochs=2", "--set", "model.dim=16"]
+    assert main(["train", *flags, "--out", str(out)]) == 0
+    assert main(["index", "build", "--run", str(out), "--levels", "4,4"]) == 0
+    return out
+
+
+def test_original_ids_in_and_out_and_new_items_get_new_slots(string_id_run, tmp_path):
+    svc = RetrievalService.open(string_id_run, state_dir=tmp_path / "s", beam=100)
+    assert svc.users.integer is False
+    user = svc.users.raw[3]
+    (got,) = svc.retrieve([Query(user=user, k=5)])
+    assert got.user == user and all(i.startswith("sku-") for i in got.items)
+    with pytest.raises(ServiceError, match=r"unknown user id \['nobody'\]"):
+        svc.retrieve([Query(user="nobody")])
+    d = svc.index.item_emb.shape[2]
+    out = svc.put_item("sku-new", embedding=[0.1] * d)
+    assert out["created"] and svc.items.lookup["sku-new"] == svc.model.n_items
+    assert svc.item("sku-new")["trained"] is False
+    # A live-added item in an ad-hoc history is skipped (the model cannot encode it).
+    (adhoc,) = svc.retrieve([Query(history=[got.items[0], "sku-new"], k=3)])
+    assert adhoc.history_skipped == ["sku-new"]
+    with pytest.raises(ServiceError, match="none of the history items can be encoded"):
+        svc.retrieve([Query(history=["sku-new"])])
+    svc.close()
+    again = RetrievalService.open(string_id_run, state_dir=tmp_path / "s", beam=100)
+    assert again.items.lookup["sku-new"] == svc.model.n_items
+    assert again.retrieve([Query(user=user, k=5)]) == svc.retrieve([Query(user=user, k=5)])
+    again.close()
+
+
+def test_snapshots_every_n_changes_and_reopening_replays_the_rest(served_run, tmp_path):
+    state = tmp_path / "s"
+    svc = RetrievalService.open(served_run, state_dir=state, snapshot_every=3)
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        svc.put_item(1000 + i, embedding=rng.standard_normal(16).tolist())
+    svc.delete_item(3)
+    # 6 changes: a snapshot after the 3rd and the 6th; the journal is empty again.
+    assert (state / "index" / "manifest.json").exists() and svc.journal.records == []
+    svc.put_item(2000, embedding=rng.standard_normal(16).tolist())
+    want = svc.retrieve([Query(user=u, k=10) for u in range(20)])
+    stats = svc.stats()
+    svc.journal.close()  # no close(): the last change lives in the journal only
+    again = RetrievalService.open(served_run, state_dir=state)
+    assert again.stats() == stats and again.applied_seq == 7
+    assert again.retrieve([Query(user=u, k=10) for u in range(20)]) == want
+    with pytest.raises(ServiceError, match="not in the index"):
+        again.item(3)
+    again.close()
+
+
+def test_a_state_folder_of_another_index_is_refused(served_run, tmp_path):
+    state = tmp_path / "s"
+    RetrievalService.open(served_run, state_dir=state).close()
+    other = tmp_path / "other-index"
+    assert (
+        main(["index", "build", "--run", str(served_run), "--levels", "4", "--out", str(other)])
+        == 0
+    )
+    with pytest.raises(ValueError, match="holds changes to another index"):
+        RetrievalService.open(served_run, index=other, state_dir=state)
+
+
+def test_a_journal_that_skips_changes_is_refused(served_run, tmp_path):
+    state = tmp_path / "s"
+    svc = RetrievalService.open(served_run, state_dir=state, snapshot_every=2)
+    for i in range(3):
+        svc.put_item(1000 + i, embedding=[0.5] * 16)
+    svc.journal.close()
+    # Put back the first snapshot's predecessor: the base index (no snapshot) with a journal
+    # that starts at change 3.
+    import shutil
+
+    shutil.rmtree(state / "index")
+    with pytest.raises(JournalError, match="starts at change 3"):
+        RetrievalService.open(served_run, state_dir=state)
