@@ -102,3 +102,25 @@ def test_a_journal_that_skips_changes_is_refused(served_run, tmp_path):
     shutil.rmtree(state / "index")
     with pytest.raises(JournalError, match="starts at change 3"):
         RetrievalService.open(served_run, state_dir=state)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--k", "0"], "--k must be positive"),
+        (["--k", "50", "--max-k", "10"], "must lie in 1..--max-k"),
+        (["--port", "70000"], "not a port number"),
+        (["--beam", "2,2,2"], "beam needs 2"),
+    ],
+)
+def test_serve_refuses_bad_options_before_opening_a_port(
+    served_run, tmp_path, capsys, flags, message
+):
+    argv = ["serve", "--run", str(served_run), "--state", str(tmp_path / "s"), *flags]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_names_a_missing_run(tmp_path, capsys):
+    assert main(["serve", "--run", str(tmp_path / "nothing")]) == 2
+    assert "is not a finished hirex run" in capsys.readouterr().err
