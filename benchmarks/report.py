@@ -213,6 +213,40 @@ def ttt_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def serve_table(r: dict) -> str:
+    """The load benchmark: throughput, errors, lost updates and latency, HTTP beside in-process."""
+    kinds = r["by_kind"]
+    lines = [
+        "### serve_load",
+        "",
+        f"{r['dataset']}. Model: {r['model']}; index levels {r['index']['levels']}, beam "
+        f"{r['index']['beam']}. {r['clients']} concurrent clients over loopback, "
+        f"{r['requests']:,} requests ({kinds['put']['requests'] + kinds['delete']['requests']:,} "
+        f"item updates) in {r['wall_seconds']:.1f} s: {r['requests_per_second']:,.1f} requests/s, "
+        f"**{r['errors']} errors**, **{r['lost_acknowledged_updates']} lost acknowledged "
+        f"updates** ({r['lost_after_kill_9_restart']} after a kill -9 and restart, over "
+        f"{r['items_changed']:,} items changed).",
+        "",
+        "| latency | requests | p50 ms | p95 ms | p99 ms |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    rows = [(f"HTTP {k}, under load", v) for k, v in kinds.items()]
+    rows += [
+        ("HTTP retrieve, one client alone", r["http_one_client_sequential"]),
+        ("in-process library call (beam_search, one query)", r["in_process_library"]),
+    ]
+    for name, v in rows:
+        n = v.get("requests", v.get("calls"))
+        lines.append(f"| {name} | {n:,} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} |")
+    lines += [
+        "",
+        f"Command: `{r['command']}`. Machine: {r['machine']['cores']} cores, "
+        f"{r['machine']['cpu_model']}; server with {r['server_threads']} torch thread(s).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parts = []
     for path in sorted((HERE / "results").glob("*.json")):
@@ -224,6 +258,8 @@ def main() -> None:
             parts.append(scale_table(json.loads(path.read_text())))
         elif path.stem == "ttt":
             parts.append(ttt_table(json.loads(path.read_text())))
+        elif path.stem == "serve_load":
+            parts.append(serve_table(json.loads(path.read_text())))
     readme = HERE / "README.md"
     text = readme.read_text()
     head, rest = text.split(BEGIN, 1)
