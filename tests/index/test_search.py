@@ -167,3 +167,28 @@ def test_per_row_exclusions_for_ad_hoc_users_match_exhaustive(tiny_set_data, sco
     assert torch.equal(same.topk.ids, by_id.topk.ids)
     with pytest.raises(ValueError, match="one array per user"):
         beam_search(model, index, batch, None, 5, 4, exclude_ids=extra[:3])
+
+
+def test_cached_item_gate_rows_follow_added_and_updated_items(tiny_set_data):
+    """The scorer's per-item gate work is kept row by row: after add_items (new ids and updated
+    ones) it equals a fresh computation, and search through the index still equals exhaustive."""
+    ds, model, index = model_and_index(tiny_set_data, "mol")
+    hist = ds.history("test")
+    users = np.arange(40)
+    beam_search(model, index, users, hist, 10, 4)  # fills the cache
+    torch.manual_seed(3)
+    new = 0.2 * torch.randn(5, *index.item_emb.shape[1:])
+    index.add_items(new[:3], np.array([3, 7, ds.n_items + 2]))  # two updates, one new slot
+    index.add_items(new[3:])
+    from hirex.index.search import _scorer_key
+
+    def recompute(_):  # noqa: ANN001, ANN202
+        raise AssertionError("the rows were recomputed instead of kept up to date")
+
+    held = index.cached_rows("item_side", _scorer_key(model), recompute)
+    assert held.shape[0] == index.n_items == ds.n_items + 5  # two gap slots stay inactive
+    act = torch.from_numpy(index.active)
+    assert torch.allclose(held[act], model.item_side(index.item_emb)[act], atol=1e-6)
+    full = beam_search(model, index, users, hist, 10, 10**6, exclude=hist)
+    want = exhaustive_topk(model, users, hist, 10, exclude=hist, items=index.item_emb)
+    assert torch.equal(full.topk.ids, want.ids)

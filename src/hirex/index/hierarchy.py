@@ -72,6 +72,8 @@ class HierarchicalIndex:
         self._levels: list[Level] | None = None
         self._members: tuple[np.ndarray, np.ndarray] | None = None
         self._cache: dict = {}
+        # name -> (version, compute, (N, ...) rows): per-item values kept current row by row.
+        self._row_cache: dict = {}
 
     # ---- shape -----------------------------------------------------------------------------
     @property
@@ -138,6 +140,14 @@ class HierarchicalIndex:
             self.active = np.concatenate([self.active, np.zeros(grow, dtype=bool)])
         t_ids = torch.from_numpy(ids).to(self.item_emb.device)
         self.item_emb[t_ids] = emb
+        with torch.no_grad():
+            for name, (version, compute, rows) in list(self._row_cache.items()):
+                if rows is None:  # nothing per item for this function (e.g. the dot scorer)
+                    continue
+                if grow > 0:
+                    rows = torch.cat([rows, rows.new_zeros(grow, *rows.shape[1:])])
+                rows[t_ids] = compute(emb)
+                self._row_cache[name] = (version, compute, rows)
         self.codes[torch.from_numpy(ids)] = self.codebooks.encode(emb).cpu()
         self.active[ids] = True
         for level in range(len(self.sizes)):
@@ -184,6 +194,7 @@ class HierarchicalIndex:
             self.item_emb = self.item_emb.to(device)
             self.codebooks = self.codebooks.to(device)
             self._invalidate()
+            self._row_cache = {}
         return self
 
     @torch.no_grad()
@@ -193,6 +204,17 @@ class HierarchicalIndex:
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
+
+    @torch.no_grad()
+    def cached_rows(self, name: str, version: tuple, compute):  # noqa: ANN001, ANN201
+        """compute(item_emb) for a function that works row by row ((M, Q, D) -> (M, ...)), e.g.
+        a scorer's per-item gate: computed once, then only the rows of added or updated items
+        are recomputed.  A new ``version`` (other weights) recomputes every row."""
+        held = self._row_cache.get(name)
+        if held is None or held[0] != version:
+            held = (version, compute, compute(self.item_emb))
+            self._row_cache[name] = held
+        return held[2]
 
     def _rebuild(self) -> None:
         act = np.flatnonzero(self.active)

@@ -167,7 +167,7 @@ def prepare_index(model: RetrievalModel, index: HierarchicalIndex) -> None:
 
 
 def _item_side(model: RetrievalModel, index: HierarchicalIndex) -> torch.Tensor | None:
-    return index.cached(("item_side", *_scorer_key(model)), lambda: model.item_side(index.item_emb))
+    return index.cached_rows("item_side", _scorer_key(model), model.item_side)
 
 
 def _node_sides(model: RetrievalModel, index: HierarchicalIndex) -> list[torch.Tensor | None]:
