@@ -245,3 +245,10 @@ def test_a_corrupt_index_is_a_clear_start_up_error(served_run, server_factory, t
     s = server_factory(broken).start(wait=False)
     assert s.proc.wait(120) == 2
     assert "does not match its checksum" in s.output()
+
+
+def test_the_api_is_described_for_openapi_clients(server):
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert {"/v1/retrieve", "/v1/items/{item_id}", "/healthz", "/metrics"} <= set(spec["paths"])
+    body = spec["paths"]["/v1/retrieve"]["post"]["requestBody"]["content"]["application/json"]
+    assert "queries" in body["schema"]["properties"] and "#/$defs" not in str(spec)
