@@ -140,7 +140,7 @@ def test_patched_arrays_after_small_changes_equal_a_full_rebuild(seed):
     cb = ResidualCodebooks([6, 4, 3], 1, 8)
     cb.fit_kmeans(items, seed=seed)
     index = HierarchicalIndex(cb, items)
-    index.levels  # derived arrays exist: later changes are patched, not rebuilt
+    _ = index.levels  # derived arrays exist: later changes are patched, not rebuilt
     rng = np.random.default_rng(seed)
     patched = 0
     for step in range(40):
@@ -157,3 +157,23 @@ def test_patched_arrays_after_small_changes_equal_a_full_rebuild(seed):
             assert np.array_equal(a, b)
         index.check()
     assert patched >= 30  # the patch path ran (a change creating a node rebuilds instead)
+
+
+def test_appending_items_one_by_one_keeps_every_earlier_item():
+    """Appends grow spare storage a quarter at a time; across several growths every item keeps its
+    embedding, path and activity, and the arrays equal a fresh index over the same items."""
+    items, _ = clustered_items(n_clusters=4, per=5)
+    cb = ResidualCodebooks([4, 3], 1, 8)
+    cb.fit_kmeans(items, seed=0)
+    index = HierarchicalIndex(cb, items.clone())
+    _ = index.levels
+    added = items[torch.randint(len(items), (300,))] + 0.01 * torch.randn(300, 1, 8)
+    for i in range(300):
+        assert index.add_items(added[i : i + 1]).tolist() == [20 + i]
+    index.remove_items(np.array([3, 150]))
+    assert index.n_items == 320 and index.n_active == 318
+    assert torch.equal(index.item_emb, torch.cat([items, added]))
+    fresh = HierarchicalIndex(cb, torch.cat([items, added]), None, index.active, index.node_keys)
+    assert torch.equal(fresh.codes, index.codes)
+    for a, b in zip(_derived(index), _derived(fresh), strict=True):
+        assert np.array_equal(a, b)

@@ -74,6 +74,8 @@ class HierarchicalIndex:
         self._cache: dict = {}
         # name -> (version, compute, (N, ...) rows): per-item values kept current row by row.
         self._row_cache: dict = {}
+        # Spare capacity behind item_emb / codes / active once items are appended (_grow).
+        self._storage: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None
 
     # ---- shape -----------------------------------------------------------------------------
     @property
@@ -133,11 +135,7 @@ class HierarchicalIndex:
             raise ValueError("ids must not repeat within one add_items call")
         grow = int(ids.max()) + 1 - self.n_items if m else 0
         if grow > 0:
-            self.item_emb = torch.cat(
-                [self.item_emb, self.item_emb.new_zeros(grow, *emb.shape[1:])]
-            )
-            self.codes = torch.cat([self.codes, self.codes.new_zeros(grow, self.codes.shape[1])])
-            self.active = np.concatenate([self.active, np.zeros(grow, dtype=bool)])
+            self._grow(self.n_items + grow)
         old_codes, was_active = self.codes[torch.from_numpy(ids)].numpy(), self.active[ids].copy()
         t_ids = torch.from_numpy(ids).to(self.item_emb.device)
         self.item_emb[t_ids] = emb
@@ -161,6 +159,21 @@ class HierarchicalIndex:
         else:
             self._update_derived(ids, old_codes, was_active)
         return ids
+
+    def _grow(self, n: int) -> None:
+        """Make ``n`` item slots (the new ones empty and inactive).  The storage grows by a
+        quarter at a time, so adding items one by one costs amortised O(1), not a copy of the
+        whole item memory per item."""
+        old = self.n_items
+        if self._storage is None or self._storage[0].shape[0] < n:
+            cap = max(n, old + old // 4 + 64)
+            emb = self.item_emb.new_zeros(cap, *self.item_emb.shape[1:])
+            codes = self.codes.new_zeros(cap, self.codes.shape[1])
+            active = np.zeros(cap, dtype=bool)
+            emb[:old], codes[:old], active[:old] = self.item_emb, self.codes, self.active
+            self._storage = (emb, codes, active)
+        emb, codes, active = self._storage
+        self.item_emb, self.codes, self.active = emb[:n], codes[:n], active[:n]
 
     def remove_items(self, ids: np.ndarray) -> None:
         """Deactivate items: search never returns them again.  Unknown ids are an error."""
@@ -248,6 +261,7 @@ class HierarchicalIndex:
         device = torch.device(device)
         if self.item_emb.device != device:
             self.item_emb = self.item_emb.to(device)
+            self._storage = None
             self.codebooks = self.codebooks.to(device)
             self._invalidate()
             self._row_cache = {}
