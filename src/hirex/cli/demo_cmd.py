@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         f"done in {time.perf_counter() - t0:.0f}s: mixture-of-logits recall@20 "
         f"{mol_test['recall@20']:.4f}, {gain:.1f}x the popularity baseline, "
         f"{mol_test['recall@20'] / best.metrics['recall@20']:.0%} of the oracle. "
-        f"Next: `hirex train --data gowalla`, `hirex eval --run {args.out}/mol --index`."
+        f"Next: `hirex train --data gowalla`, `hirex eval --run {args.out}/mol --index`, "
+        f"`hirex serve --run {args.out}/mol`."
     )
     return 0
