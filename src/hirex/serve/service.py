@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,56 @@ class Retrieved:
     items_scored: int
     history_skipped: list = field(default_factory=list)
     """History items added after training: the model has no embedding to encode them with."""
+
+
+class Coalescer:
+    """Runs the calls that arrive while one is in progress together: each caller queues its
+    request; whoever finds the runner free takes everything queued (up to ``max_items`` items)
+    and runs it as one batch for all."""
+
+    def __init__(self, run: Callable[[list[Any]], list[Any]], max_items: int) -> None:
+        self._run, self._max = run, max_items
+        self._cond = threading.Condition()
+        self._pending: list[_Waiting] = []
+        self._busy = False
+
+    def submit(self, request: list) -> Any:
+        """The result of ``run`` for ``request``; an exception result is raised here."""
+        me = _Waiting(request)
+        with self._cond:
+            self._pending.append(me)
+        while True:
+            with self._cond:
+                while not me.done and self._busy:
+                    self._cond.wait()
+                if me.done:
+                    break
+                self._busy = True
+                batch, size = [], 0
+                while self._pending and (
+                    not batch or size + len(self._pending[0].request) <= self._max
+                ):
+                    batch.append(self._pending.pop(0))
+                    size += len(batch[-1].request)
+            try:
+                outs = self._run([w.request for w in batch])
+            except Exception as err:  # noqa: BLE001 (handed to every caller of the batch)
+                outs = [err] * len(batch)
+            with self._cond:
+                for w, out in zip(batch, outs, strict=True):
+                    w.result, w.done = out, True
+                self._busy = False
+                self._cond.notify_all()
+        if isinstance(me.result, Exception):
+            raise me.result
+        return me.result
+
+
+@dataclass
+class _Waiting:
+    request: list
+    result: Any = None
+    done: bool = False
 
 
 class IdTable:
@@ -146,6 +196,7 @@ class RetrievalService:
         self.max_k, self.max_batch, self.snapshot_every = max_k, max_batch, snapshot_every
         self._lock = ReadWriteLock()  # searches share it; applying a change takes it alone
         self._writer = threading.Lock()  # one change (or snapshot) at a time
+        self._coalescer = Coalescer(self._retrieve_many, max_batch)
         self.journal = Journal(state_dir / JOURNAL_FILE)
         self.applied_seq = applied_seq
         first = self.journal.records[0]["seq"] if self.journal.records else None
@@ -228,21 +279,43 @@ class RetrievalService:
 
     # ---- search ----------------------------------------------------------------------------
     def retrieve(self, queries: Sequence[Query]) -> list[Retrieved]:
-        """Top-k items for each query, through the index, ranked by the full model."""
+        """Top-k items for each query, through the index, ranked by the full model.
+
+        Calls made from several threads at once are searched together, as one batch (up to
+        ``max_batch`` queries): a search's fixed cost is paid once for all of them, and each call
+        still gets its own results or its own error."""
         if not 1 <= len(queries) <= self.max_batch:
             raise ServiceError(422, f"give 1 to {self.max_batch} queries, got {len(queries)}")
+        return self._coalescer.submit(list(queries))
+
+    def _retrieve_many(self, requests: list[list[Query]]) -> list[list[Retrieved] | ServiceError]:
+        """Each request's results, or the ServiceError that refuses it; one search for all."""
         with self._lock.read():
-            prepared = [
-                self._prepare(q, i if len(queries) > 1 else None) for i, q in enumerate(queries)
-            ]
-            out: list[Retrieved | None] = [None] * len(queries)
-            groups: dict[tuple[int, ...], list[int]] = {}
-            for i, p in enumerate(prepared):
-                groups.setdefault(p["beam"], []).append(i)
-            for beam, rows in groups.items():
-                for i, r in zip(rows, self._search([prepared[i] for i in rows], beam), strict=True):
-                    out[i] = r
-        return [r for r in out if r is not None]
+            outcome: list[list[Retrieved] | ServiceError] = []
+            rows: list[tuple[int, int, dict[str, Any]]] = []  # (request, position, prepared)
+            for r, queries in enumerate(requests):
+                try:
+                    prepared = [
+                        self._prepare(q, i if len(queries) > 1 else None)
+                        for i, q in enumerate(queries)
+                    ]
+                except ServiceError as err:
+                    outcome.append(err)
+                    continue
+                outcome.append([])
+                rows += [(r, i, p) for i, p in enumerate(prepared)]
+            found: dict[tuple[int, int], Retrieved] = {}
+            groups: dict[tuple[int, ...], list[tuple[int, int, dict[str, Any]]]] = {}
+            for row in rows:
+                groups.setdefault(row[2]["beam"], []).append(row)
+            for beam, group in groups.items():
+                results = self._search([p for _, _, p in group], beam)
+                for (r, i, _), result in zip(group, results, strict=True):
+                    found[r, i] = result
+        for r, out in enumerate(outcome):
+            if isinstance(out, list):
+                out.extend(found[r, i] for i in range(len(requests[r])))
+        return outcome
 
     def _prepare(self, q: Query, position: int | None) -> dict[str, Any]:
         """Validate one query and turn it into dense ids (a 422 names the problem)."""
