@@ -160,3 +160,29 @@ def test_concurrent_calls_are_searched_together_and_keep_their_own_answers(serve
     assert got == want  # each caller its own ranking, a bad query only fails its own call
     assert len(errors) == 1 and "unknown user id" in errors[0]
     assert len(calls) < 24 and max(calls) > 1  # searches were shared
+
+
+def test_a_sequence_model_is_served_like_the_library_ranks_it(tmp_path):
+    """Transformer user tower: a known user's history is its chronological train + valid items
+    (the last max_history of them); the service equals beam_search over the same histories."""
+    from hirex.index.search import beam_search
+    from tests.cli.test_cli import SMALL
+
+    run = tmp_path / "run"
+    seq = ["--set", "data.synthetic_kind='sequence'", "--set", "model.user_encoder='transformer'"]
+    seq += ["--set", "model.max_history=5", "--set", "model.use_user_id=false"]
+    assert main(["train", *SMALL, *seq, "--out", str(run)]) == 0
+    assert main(["index", "build", "--run", str(run), "--levels", "4,4"]) == 0
+    svc = RetrievalService.open(run, state_dir=tmp_path / "s", beam=3)
+    assert svc.model.sequential
+    users = np.arange(0, 40, 3)
+    want = beam_search(svc.model, svc.index, users, svc.history, 7, 3, exclude=svc.history)
+    got = svc.retrieve([Query(user=int(u), k=7) for u in users])
+    for b, r in enumerate(got):
+        ids = want.topk.ids[b]
+        assert r.items == ids[ids >= 0].tolist()
+    h = svc.history
+    last = h.items[h.indptr[4] : h.indptr[5]][-5:].tolist()
+    (adhoc,) = svc.retrieve([Query(history=last, k=7, keep_seen=True)])
+    (known,) = svc.retrieve([Query(user=4, k=7, keep_seen=True)])
+    assert adhoc.items == known.items  # the same last five items: the same ranking
