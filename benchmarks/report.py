@@ -247,6 +247,30 @@ def serve_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def updates_table(r: dict) -> str:
+    """One live change in the index: patched in place beside a full rebuild."""
+    lines = [
+        "### index_updates",
+        "",
+        "One change, then the arrays a search needs; median ms over the changes of each kind.",
+        "",
+        "| items | full rebuild ms | add ms | re-embed ms | remove ms | changes patched |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['items']:,} | {row['full_rebuild_ms']:,.1f} | {row['add_ms_median']} | "
+            f"{row['update_ms_median']} | {row['remove_ms_median']} | {row['patched_share']:.0%} |"
+        )
+    lines += [
+        "",
+        f"Command: `{r['command']}`. Machine: {r['machine']['cores']} cores, "
+        f"{r['machine']['cpu_model']} ({r['machine']['torch_threads']} torch thread).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parts = []
     for path in sorted((HERE / "results").glob("*.json")):
@@ -258,6 +282,8 @@ def main() -> None:
             parts.append(scale_table(json.loads(path.read_text())))
         elif path.stem == "ttt":
             parts.append(ttt_table(json.loads(path.read_text())))
+        elif path.stem == "index_updates":
+            parts.append(updates_table(json.loads(path.read_text())))
         elif path.stem == "serve_load":
             parts.append(serve_table(json.loads(path.read_text())))
     readme = HERE / "README.md"
