@@ -7,7 +7,7 @@ on validation.
 
     python benchmarks/spectral_sweep.py --config configs/gowalla-spectral-branch.toml \\
         --model runs/bench-gowalla-spectral-branch/model.safetensors [--ranks 256,1024] \\
-        [--weights 1,3,5]
+        [--weights 1,3,5] [--linear-weights 0,8,16]
 
 Writes benchmarks/results/spectral_sweep.json (--output to name it otherwise).
 """
@@ -39,6 +39,11 @@ def main() -> None:
     p.add_argument("--ranks", default="256,1024")
     p.add_argument("--weights", default="1,3,5")
     p.add_argument(
+        "--linear-weights",
+        default="0",
+        help="weights of the linear-filter block (model.spectral_linear_weight); 0: none",
+    )
+    p.add_argument(
         "--test", action="store_true", help="also evaluate the best setting (only) on test"
     )
     p.add_argument("--output", default="spectral_sweep", help="results/<output>.json")
@@ -61,8 +66,16 @@ def main() -> None:
     # The learned part alone: every parameter except the branch's buffers.
     learned = {k: v for k, v in trained.state_dict().items() if not k.startswith("spectral.")}
 
+    linear_weights = [float(b) for b in args.linear_weights.split(",")]
+    linear = any(b > 0 for b in linear_weights)
+
     def with_branch(rank: int, weight: float) -> RetrievalModel:
-        mcfg = dataclasses.replace(trained.cfg, spectral_rank=rank, spectral_weight=weight)
+        mcfg = dataclasses.replace(
+            trained.cfg,
+            spectral_rank=rank,
+            spectral_weight=weight,
+            spectral_linear_weight=1.0 if linear and rank else 0.0,
+        )
         model = RetrievalModel(mcfg, ds.n_users, ds.n_items)
         model.load_state_dict(learned, strict=False)  # shapes checked above; branch left empty
         return model.eval()
@@ -70,28 +83,36 @@ def main() -> None:
     rows = []
     fitted: dict[int, tuple[RetrievalModel, torch.Tensor]] = {}  # rank -> model, weight-1 items
     valid = evaluate(with_branch(0, 1.0), ds, "valid", ks).metrics
-    rows.append({"rank": 0, "weight": 0.0, "valid": valid})
+    rows.append({"rank": 0, "weight": 0.0, "linear_weight": 0.0, "valid": valid})
     print(f"no branch: valid {metric} {valid[metric]:.4f}")
+
+    def set_weights(model: RetrievalModel, unit: torch.Tensor, weight: float, lin: float) -> None:
+        scale = torch.full((unit.shape[1],), weight)
+        scale[unit.shape[1] // 2 :] = lin if linear else weight
+        model.spectral.items.copy_(unit * scale)
+
     for rank in [int(r) for r in args.ranks.split(",")]:
         t0 = time.perf_counter()
         model = with_branch(rank, 1.0)
         attach_spectral_branch(model, ds.train, cfg.train.seed)
-        unit = model.spectral.items.clone()  # the branch scaled to weight 1
+        unit = model.spectral.items.clone()  # each block scaled to weight 1
         fitted[rank] = model, unit
         for weight in [float(w) for w in args.weights.split(",")]:
-            model.spectral.items.copy_(unit * weight)
-            valid = evaluate(model, ds, "valid", ks).metrics
-            rows.append({"rank": rank, "weight": weight, "valid": valid})
-            seconds = time.perf_counter() - t0
-            print(
-                f"rank {rank} weight {weight}: valid {metric} {valid[metric]:.4f} ({seconds:.0f}s)"
-            )
-            t0 = time.perf_counter()
+            for lin in linear_weights:
+                set_weights(model, unit, weight, lin)
+                valid = evaluate(model, ds, "valid", ks).metrics
+                rows.append({"rank": rank, "weight": weight, "linear_weight": lin, "valid": valid})
+                seconds = time.perf_counter() - t0
+                print(
+                    f"rank {rank} weight {weight} linear {lin}: valid {metric} "
+                    f"{valid[metric]:.4f} ({seconds:.0f}s)"
+                )
+                t0 = time.perf_counter()
     best = max(rows, key=lambda r: r["valid"][metric])
     if args.test:
         if best["rank"]:
             model, unit = fitted[best["rank"]]
-            model.spectral.items.copy_(unit * best["weight"])
+            set_weights(model, unit, best["weight"], best["linear_weight"])
         else:
             model = with_branch(0, 1.0)
         best["test"] = evaluate(model, ds, "test", ks).metrics
@@ -101,12 +122,15 @@ def main() -> None:
         "config": str(args.config),
         "metric": metric,
         "rows": rows,
-        "best": {k: best[k] for k in ("rank", "weight", "test") if k in best},
+        "best": {k: best[k] for k in ("rank", "weight", "linear_weight", "test") if k in best},
         "command": command_line(),
         "machine": machine(),
     }
     atomic_write_json(RESULTS / f"{args.output}.json", out)
-    print(f"best on validation: rank {best['rank']}, weight {best['weight']}")
+    print(
+        f"best on validation: rank {best['rank']}, weight {best['weight']}, linear weight "
+        f"{best['linear_weight']}"
+    )
 
 
 if __name__ == "__main__":

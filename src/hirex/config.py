@@ -87,6 +87,10 @@ class ModelConfig:
     spectral_weight: float = 3.0
     """The branch's scale: a typical user's best branch score, in logits (the learned part's
     cosine scores reach 1 / temperature)."""
+    spectral_linear_weight: float = 0.0
+    """With a branch: also GF-CF's linear filter r_u R~^T R~ in the same top singular directions
+    (r_u V diag(s^2) V^T), as ``spectral_rank`` more dimensions, scaled so that a typical user's
+    best linear score is this many logits.  0: the ideal low-pass filter only."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,13 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError("dropout rates must lie in [0, 1)")
     if cfg.model.spectral_rank < 0 or cfg.model.spectral_weight <= 0:
         raise ConfigError("model.spectral_rank must be >= 0 and model.spectral_weight positive")
+    if cfg.model.spectral_linear_weight < 0 or (
+        cfg.model.spectral_linear_weight and not cfg.model.spectral_rank
+    ):
+        raise ConfigError(
+            "model.spectral_linear_weight must be >= 0, and > 0 only with a spectral branch "
+            "(model.spectral_rank > 0)"
+        )
     if cfg.model.spectral_rank and cfg.index.method in ("joint", "em"):
         raise ConfigError(
             f"index.method = {cfg.index.method!r} learns codebooks during training, before the "

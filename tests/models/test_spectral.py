@@ -142,3 +142,44 @@ def test_spectral_branch_bad_configs(tiny_set_data):
         attach_spectral_branch(RetrievalModel(ModelConfig(dim=8), ds.n_users, ds.n_items), ds.train)
     with pytest.raises(ConfigError, match="before the spectral branch"):
         apply_overrides(RunConfig(), ["model.spectral_rank=8", "index.method='joint'"])
+
+
+def test_the_linear_part_is_gf_cf_linear_filter_in_the_top_directions(tiny_set_data):
+    """spectral_linear_weight adds r V diag(s^2) V^T (GF-CF's r R~^T R~ kept to the top rank
+    directions) as a second block; each block matches its dense filter and its own weight."""
+    ds, _ = tiny_set_data
+    rank = 12
+    cfg = ModelConfig(
+        dim=16,
+        use_user_id=False,
+        spectral_rank=rank,
+        spectral_weight=2.0,
+        spectral_linear_weight=5.0,
+        temperature=0.1,
+    )
+    torch.manual_seed(0)
+    model = RetrievalModel(cfg, ds.n_users, ds.n_items)
+    attach_spectral_branch(model, ds.train)
+    assert model.embedding_dim == 16 + 2 * rank
+    users = np.arange(60)
+    b = model.spectral
+    with torch.no_grad():
+        u = b.users(UserBatch.from_interactions(ds.train, users)).numpy()
+    items = b.items.numpy()
+    ideal, linear = u[:, :rank] @ items[:, :rank].T, u[:, rank:] @ items[:, rank:].T
+    r = ds.train.to_csr().toarray().astype(np.float64)
+    du, di = r.sum(1), r.sum(0)
+    norm = r / np.sqrt(np.maximum(du, 1))[:, None] / np.sqrt(np.maximum(di, 1))[None, :]
+    _, s, vt = np.linalg.svd(norm, full_matrices=False)
+    v, s = vt[:rank].T, s[:rank]
+    pool = np.sqrt(r[users].sum(1))[:, None]
+    want_linear = r[users] @ v @ np.diag(s**2) @ v.T / pool
+    di_is = np.where(di > 0, np.maximum(di, 1) ** -0.5, 0.0)
+    want_ideal = (r[users] * di_is) @ v @ v.T * np.sqrt(di) / pool
+    for got, want, weight in ((ideal, want_ideal, 2.0), (linear, want_linear, 5.0)):
+        c = (got * want).sum() / (want * want).sum()
+        assert c > 0
+        assert np.allclose(got, c * want, atol=2e-3 * np.abs(got).max())
+        assert np.abs(got).max(1).mean() == pytest.approx(weight, rel=0.3)
+    with pytest.raises(ConfigError, match="spectral_linear_weight must be >= 0"):
+        apply_overrides(RunConfig(), ["model.spectral_linear_weight=1.0"])

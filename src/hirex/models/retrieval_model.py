@@ -84,7 +84,9 @@ class RetrievalModel(nn.Module):
                     "model.spectral_rank adds a low-pass branch to a pooled-history dot model: "
                     "it needs model.scorer = 'dot' and model.user_encoder = 'pooling'"
                 )
-            self.spectral = SpectralBranch(n_items, cfg.spectral_rank, cfg.pooling_exponent)
+            self.spectral = SpectralBranch(
+                n_items, cfg.spectral_rank, cfg.pooling_exponent, cfg.spectral_linear_weight > 0
+            )
 
     @property
     def device(self) -> torch.device:

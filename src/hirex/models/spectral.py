@@ -8,8 +8,11 @@ sqrt(s^2 + alpha).  Training then starts from a strong ranking instead of noise.
 
 The spectral branch keeps the learned model as it is and adds GF-CF's ideal low-pass filter
 r_u D_i^-1/2 V V^T D_i^1/2 beside it as extra, fixed embedding dimensions, so the final score is
-learned + filter and the model stays a dot product that an index can search.  V comes from a
-randomized SVD (Halko et al. 2011, ``torch.svd_lowrank``), seconds instead of minutes at rank 1024.
+learned + filter and the model stays a dot product that an index can search.  With
+``spectral_linear_weight`` it also holds GF-CF's linear filter r_u R~^T R~ = r_u V S^2 V^T in the
+same top directions (history and item embeddings V S), a second block of dimensions.  V comes
+from a randomized SVD (Halko et al. 2011, ``torch.svd_lowrank``), seconds instead of minutes at
+rank 1024.
 """
 
 from __future__ import annotations
@@ -86,18 +89,20 @@ def spectral_init(model: RetrievalModel, train: Interactions, seed: int = 0) -> 
 
 
 class SpectralBranch(nn.Module):
-    """A fixed low-pass filter as a pooled-history dot branch: (B, K) users, (N, K) items.
+    """Fixed graph filters as a pooled-history dot branch: (B, W) users, (N, W) items.
 
-    Buffers (saved with the model): ``hist`` (N, K) = D_i^-1/2 V, ``items`` (N, K) = c D_i^1/2 V,
-    and ``fitted``; an unfitted branch is left out of every score, so training does not pay
-    for K extra dimensions of zeros.
+    Buffers (saved with the model): ``hist`` (N, W) = D_i^-1/2 V, ``items`` (N, W) = c D_i^1/2 V
+    for the ideal low-pass filter (W = K); with ``linear``, also V S and c' V S for GF-CF's
+    linear filter in the same K directions (W = 2K).  ``fitted``: an unfitted branch is left out
+    of every score, so training does not pay for W extra dimensions of zeros.
     """
 
-    def __init__(self, n_items: int, rank: int, exponent: float) -> None:
+    def __init__(self, n_items: int, rank: int, exponent: float, linear: bool = False) -> None:
         super().__init__()
         self.exponent = exponent
-        self.register_buffer("hist", torch.zeros(n_items, rank))
-        self.register_buffer("items", torch.zeros(n_items, rank))
+        width = rank * (2 if linear else 1)
+        self.register_buffer("hist", torch.zeros(n_items, width))
+        self.register_buffer("items", torch.zeros(n_items, width))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     @property
@@ -113,9 +118,12 @@ class SpectralBranch(nn.Module):
         return self.items[items]
 
 
-def low_pass_basis(train: Interactions, rank: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(D_i^-1/2 V, D_i^1/2 V), both (items, rank) float32, V the top ``rank`` right singular
-    vectors of D_u^-1/2 R D_i^-1/2 by randomized SVD (4 power iterations, 128 extra columns)."""
+def low_pass_basis(
+    train: Interactions, rank: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(D_i^-1/2 V, D_i^1/2 V, V S), all (items, rank) float32, V and S the top ``rank`` right
+    singular vectors and values of D_u^-1/2 R D_i^-1/2 by randomized SVD (4 power iterations,
+    128 extra columns)."""
     r = train.to_csr().astype(np.float32)
     if not 0 < rank < min(r.shape):
         raise ConfigError(
@@ -136,9 +144,13 @@ def low_pass_basis(train: Interactions, rank: int, seed: int = 0) -> tuple[np.nd
     log.info("spectral branch: top %d singular vectors of a %dx%d matrix", rank, *r.shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        _, _, v = torch.svd_lowrank(a, q=min(rank + 128, min(r.shape)), niter=4)
-    v = v[:, :rank].numpy()
-    return (v * di_is[:, None]).astype(np.float32), (v * np.sqrt(di)[:, None]).astype(np.float32)
+        _, sv, v = torch.svd_lowrank(a, q=min(rank + 128, min(r.shape)), niter=4)
+    v, sv = v[:, :rank].numpy(), sv[:rank].numpy()
+    return (
+        (v * di_is[:, None]).astype(np.float32),
+        (v * np.sqrt(di)[:, None]).astype(np.float32),
+        (v * sv[None, :]).astype(np.float32),
+    )
 
 
 @torch.no_grad()
@@ -148,15 +160,26 @@ def attach_spectral_branch(model: RetrievalModel, train: Interactions, seed: int
     branch = model.spectral
     if branch is None:
         raise ValueError("the model has no spectral branch; set model.spectral_rank > 0")
-    hist, items = low_pass_basis(train, branch.hist.shape[1], seed)
+    cfg = model.cfg
+    linear = cfg.spectral_linear_weight > 0
+    rank = branch.hist.shape[1] // (2 if linear else 1)
+    ideal_hist, ideal_items, vs = low_pass_basis(train, rank, seed)
     rng = np.random.default_rng(seed)
     sample = np.unique(rng.integers(0, train.n_users, 1024))
     sample = sample[train.lengths()[sample] > 0]
     ru = train.to_csr()[sample].astype(np.float32)
-    u = (ru @ hist) / np.maximum(np.asarray(ru.sum(1)), 1.0) ** branch.exponent
-    top = np.abs(u @ items.T).max(axis=1).mean()
-    c = model.cfg.spectral_weight / max(float(top), 1e-12)
+    pool = np.maximum(np.asarray(ru.sum(1)), 1.0) ** branch.exponent
+
+    def scaled(hist: np.ndarray, items: np.ndarray, weight: float) -> np.ndarray:
+        """items scaled so that the sample's mean best score is ``weight`` logits."""
+        top = np.abs(((ru @ hist) / pool) @ items.T).max(axis=1).mean()
+        return items * (weight / max(float(top), 1e-12))
+
+    hist, items = ideal_hist, scaled(ideal_hist, ideal_items, cfg.spectral_weight)
+    if linear:  # r V S (V S)^T = r V diag(s^2) V^T, GF-CF's linear filter in these directions
+        hist = np.hstack([hist, vs])
+        items = np.hstack([items, scaled(vs, vs, cfg.spectral_linear_weight)])
     device = branch.hist.device
     branch.hist.copy_(torch.from_numpy(hist).to(device))
-    branch.items.copy_(torch.from_numpy(items * c).to(device))
+    branch.items.copy_(torch.from_numpy(items).to(device))
     branch.fitted.fill_(True)
