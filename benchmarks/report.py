@@ -106,15 +106,15 @@ def _best(rows: list[dict], method: str, quality: str, target: float = 0.95) -> 
     return max(ok, key=lambda r: r["qps"]) if ok else None
 
 
-def scale_table(result: dict) -> str:
+def scale_table(result: dict, name: str = "index_scale") -> str:
     """Per corpus size: the fastest setting reaching quality 0.95 for each method."""
     lines = [
-        "### index_scale",
+        f"### {name}",
         "",
         "Synthetic clustered corpora; quality is overlap@100 with the exhaustive top 100 "
         "(mixture of logits) or recall@10 against the exact top 10 (dot product). Each cell: "
         "the fastest setting that reaches 0.95, queries per second, model evaluations (or faiss "
-        "distances) per query. ![index_scale](results/index_scale.png)",
+        f"distances) per query. ![{name}](results/{name}.png)",
         "",
         "| items | scorer | exhaustive | hirex index | speed-up | faiss IVF-Flat | faiss HNSW |"
         " index build |",
@@ -278,8 +278,8 @@ def main() -> None:
             parts.append(table(path.stem, json.loads(path.read_text())))
         elif path.stem in ("index_gowalla", "index_beauty"):
             parts.append(index_table(path.stem, json.loads(path.read_text())))
-        elif path.stem == "index_scale":
-            parts.append(scale_table(json.loads(path.read_text())))
+        elif path.stem.startswith("index_scale"):
+            parts.append(scale_table(json.loads(path.read_text()), path.stem))
         elif path.stem == "ttt":
             parts.append(ttt_table(json.loads(path.read_text())))
         elif path.stem == "index_updates":
