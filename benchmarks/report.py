@@ -204,13 +204,14 @@ def ttt_table(results: dict) -> str:
                 f"{sel['test_index_gain']:+.4f} against two standard deviations "
                 f"{sel['two_std']:.4f}: {verdict}.",
             ]
-        lines += [
-            "",
-            f"Command: `{r['command']}`. "
-            f"Machine: {r['machine']['cores']} cores, {r['machine']['cpu_model']}.",
-            "",
-        ]
+        lines += ["", _footer(r, "."), ""]
     return "\n".join(lines)
+
+
+def _footer(r: dict, tail: str) -> str:
+    """The command and the machine a result came from."""
+    m = r["machine"]
+    return f"Command: `{r['command']}`. Machine: {m['cores']} cores, {m['cpu_model']}{tail}"
 
 
 def serve_table(r: dict) -> str:
@@ -238,12 +239,7 @@ def serve_table(r: dict) -> str:
     for name, v in rows:
         n = v.get("requests", v.get("calls"))
         lines.append(f"| {name} | {n:,} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} |")
-    lines += [
-        "",
-        f"Command: `{r['command']}`. Machine: {r['machine']['cores']} cores, "
-        f"{r['machine']['cpu_model']}; server with {r['server_threads']} torch thread(s).",
-        "",
-    ]
+    lines += ["", _footer(r, f"; server with {r['server_threads']} torch thread(s)."), ""]
     return "\n".join(lines)
 
 
@@ -262,12 +258,7 @@ def updates_table(r: dict) -> str:
             f"| {row['items']:,} | {row['full_rebuild_ms']:,.1f} | {row['add_ms_median']} | "
             f"{row['update_ms_median']} | {row['remove_ms_median']} | {row['patched_share']:.0%} |"
         )
-    lines += [
-        "",
-        f"Command: `{r['command']}`. Machine: {r['machine']['cores']} cores, "
-        f"{r['machine']['cpu_model']} ({r['machine']['torch_threads']} torch thread).",
-        "",
-    ]
+    lines += ["", _footer(r, f" ({r['machine']['torch_threads']} torch thread)."), ""]
     return "\n".join(lines)
 
 
