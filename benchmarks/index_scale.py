@@ -233,16 +233,16 @@ def default_levels(n: int) -> list[int]:
 
 
 def build_index(
-    items: torch.Tensor, levels: list[int], seed: int
+    items: torch.Tensor, levels: list[int], seed: int, node_embedding: str = "centroids"
 ) -> tuple[HierarchicalIndex, dict[str, Any]]:
     """Residual k-means codebooks on the items, then the index (node arrays built eagerly)."""
-    record: dict[str, Any] = {"levels": levels}
+    record: dict[str, Any] = {"levels": levels, "node_embedding": node_embedding}
     with phase(record):
         t0 = time.perf_counter()
         codebooks = ResidualCodebooks(levels, items.shape[1], items.shape[2])
         codebooks.fit_kmeans(items, seed=seed, niter=KMEANS_ITERS)
         record["kmeans_seconds"] = round(time.perf_counter() - t0, 2)
-        index = HierarchicalIndex(codebooks, items)
+        index = HierarchicalIndex(codebooks, items, node_embedding=node_embedding)
         record["stats"] = index.stats()
     return index, record
 

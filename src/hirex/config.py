@@ -172,6 +172,9 @@ class IndexConfig:
     align_weight: float = 0.1
     """Weight of KL(item-level scores || level scores) over each batch's candidates."""
     kmeans_iters: int = 20
+    node_embedding: Literal["codewords", "centroids"] = "centroids"
+    """The pseudo-item search scores for a node: the mean of its items (centroids) or the sum of
+    its path's codewords (codewords, what the joint losses train the per-level scorers on)."""
     beam: tuple[int, ...] = (8,)
     """Default beam width per level for search (one value: every level)."""
 

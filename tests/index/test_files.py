@@ -50,6 +50,33 @@ def test_round_trip_gives_the_same_search(built, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
 
 
+@pytest.mark.parametrize("node_embedding", HierarchicalIndex.NODE_EMBEDDINGS)
+def test_node_embedding_travels_with_the_index(built, tmp_path, node_embedding):
+    ds, model, index = built
+    index = HierarchicalIndex(
+        index.codebooks,
+        index.item_emb,
+        index.codes,
+        index.active,
+        index.node_keys,
+        node_embedding=node_embedding,
+    )
+    save_index(tmp_path / "ix", index, model)
+    _, loaded = load_index(tmp_path / "ix")
+    assert loaded.node_embedding == node_embedding
+    for a, b in zip(index.levels, loaded.levels, strict=True):
+        assert torch.equal(a.emb, b.emb)
+    # A manifest from before the choice existed (no entry) means codeword sums.
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    del manifest["node_embedding"]
+    (tmp_path / "ix" / "manifest.json").write_text(json.dumps(manifest))
+    assert load_index(tmp_path / "ix")[1].node_embedding == "codewords"
+    manifest["node_embedding"] = "medoids"
+    (tmp_path / "ix" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="node_embedding 'medoids' is not one of"):
+        load_index(tmp_path / "ix")
+
+
 def test_codebooks_round_trip(built, tmp_path):
     _, _, index = built
     save_codebooks(index.codebooks, tmp_path / "cb.safetensors")

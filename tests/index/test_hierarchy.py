@@ -31,11 +31,12 @@ def test_kmeans_level_one_recovers_known_clusters():
     assert len(pairs) == 4 and len({p[1] for p in pairs}) == 4
 
 
-def test_csr_arrays_match_a_plain_loop():
+@pytest.mark.parametrize("node_embedding", HierarchicalIndex.NODE_EMBEDDINGS)
+def test_csr_arrays_match_a_plain_loop(node_embedding):
     items, _ = clustered_items(n_clusters=6, per=20)
     cb = ResidualCodebooks([6, 4, 3], 1, 8)
     cb.fit_kmeans(items, seed=1)
-    index = HierarchicalIndex(cb, items)
+    index = HierarchicalIndex(cb, items, node_embedding=node_embedding)
     codes = index.codes.numpy()
     # Reference: the children / members of each node computed with dicts.
     for level, lv in enumerate(index.levels):
@@ -43,8 +44,12 @@ def test_csr_arrays_match_a_plain_loop():
             path = tuple(index._keys_to_codes(np.array([key]), level)[0])
             under = [i for i in range(index.n_items) if tuple(codes[i, : level + 1]) == path]
             assert lv.count[node] == len(under)
-            emb = cb.decode(torch.tensor([path])).reshape(-1)
             flat = items.reshape(len(items), -1)
+            if node_embedding == "codewords":
+                emb = cb.decode(torch.tensor([path])).reshape(-1)
+            else:
+                emb = flat[under].mean(0)
+            assert torch.allclose(lv.emb[node].reshape(-1), emb, atol=1e-5)
             d = ((flat[under] - emb) ** 2).sum(1)
             assert lv.representative[node] == under[int(d.argmin())]
             if level + 1 < len(index.levels):
@@ -62,11 +67,39 @@ def test_pseudo_item_of_a_node_is_the_sum_of_its_codewords():
     items, _ = clustered_items()
     cb = ResidualCodebooks([4, 3], 1, 8)
     cb.fit_kmeans(items)
-    index = HierarchicalIndex(cb, items)
+    index = HierarchicalIndex(cb, items, node_embedding="codewords")
     lv = index.levels[1]
     codes = index._keys_to_codes(lv.keys, 1)
     want = cb.codewords[0][codes[:, 0]] + cb.codewords[1][codes[:, 1]]
     assert torch.allclose(lv.emb.reshape(len(codes), -1), want)
+
+
+def test_centroid_of_an_emptied_node_falls_back_to_its_codewords_and_comes_back():
+    items, _ = clustered_items()
+    cb = ResidualCodebooks([4, 3], 1, 8)
+    cb.fit_kmeans(items)
+    index = HierarchicalIndex(cb, items, node_embedding="centroids")
+    leaf = index.levels[-1]
+    ptr, members = index.members
+    node = int(np.argmax(leaf.count))
+    owned = np.sort(members[ptr[node] : ptr[node + 1]])
+    path = torch.from_numpy(index._keys_to_codes(leaf.keys[node : node + 1], 1))
+    assert torch.allclose(leaf.emb[node], items[owned].mean(0), atol=1e-5)
+    index.remove_items(owned[1:])
+    assert torch.allclose(index.levels[-1].emb[node], items[owned[0]], atol=1e-6)
+    index.remove_items(owned[:1])
+    assert torch.equal(index.levels[-1].emb[node], cb.decode(path)[0])
+    index.add_items(items[owned[:2]], ids=owned[:2])
+    assert torch.allclose(index.levels[-1].emb[node], items[owned[:2]].mean(0), atol=1e-6)
+    index.check()
+
+
+def test_unknown_node_embedding_is_a_clear_error():
+    items, _ = clustered_items()
+    cb = ResidualCodebooks([4, 3], 1, 8)
+    cb.fit_kmeans(items)
+    with pytest.raises(ValueError, match="node_embedding must be one of"):
+        HierarchicalIndex(cb, items, node_embedding="medoids")
 
 
 def test_remove_last_item_of_a_node_then_add_to_the_empty_node():
@@ -132,14 +165,16 @@ def _derived(index: HierarchicalIndex) -> list[np.ndarray]:
     return arrays
 
 
+@pytest.mark.parametrize("node_embedding", HierarchicalIndex.NODE_EMBEDDINGS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_patched_arrays_after_small_changes_equal_a_full_rebuild(seed):
-    """add_items / remove_items patch counts, members and representatives in place when the node
-    set does not change; the result equals rebuilding every array from the paths."""
+def test_patched_arrays_after_small_changes_equal_a_full_rebuild(seed, node_embedding):
+    """add_items / remove_items patch counts, members, representatives and (centroids) node
+    embeddings in place when the node set does not change; the result equals rebuilding every
+    array from the paths."""
     items, _ = clustered_items(n_clusters=6, per=30, seed=seed)
     cb = ResidualCodebooks([6, 4, 3], 1, 8)
     cb.fit_kmeans(items, seed=seed)
-    index = HierarchicalIndex(cb, items)
+    index = HierarchicalIndex(cb, items, node_embedding=node_embedding)
     _ = index.levels  # derived arrays exist: later changes are patched, not rebuilt
     rng = np.random.default_rng(seed)
     patched = 0
@@ -152,9 +187,18 @@ def test_patched_arrays_after_small_changes_equal_a_full_rebuild(seed):
             src = items[rng.integers(len(items), size=len(ids))]
             index.add_items(src + 0.05 * torch.randn(src.shape), ids)
         patched += index._levels is not None
-        fresh = HierarchicalIndex(cb, index.item_emb, index.codes, index.active, index.node_keys)
+        fresh = HierarchicalIndex(
+            cb,
+            index.item_emb,
+            index.codes,
+            index.active,
+            index.node_keys,
+            node_embedding=node_embedding,
+        )
         for a, b in zip(_derived(index), _derived(fresh), strict=True):
             assert np.array_equal(a, b)
+        for a, b in zip(index.levels, fresh.levels, strict=True):
+            assert torch.allclose(a.emb, b.emb, atol=1e-6)
         index.check()
     assert patched >= 30  # the patch path ran (a change creating a node rebuilds instead)
 

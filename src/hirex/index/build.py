@@ -36,7 +36,7 @@ def build_index(
         codebooks = ResidualCodebooks(cfg.levels, items.shape[1], items.shape[2])
         codebooks.fit_kmeans(items, seed=seed, niter=cfg.kmeans_iters)
     codebooks = codebooks.to(items.device)
-    index = HierarchicalIndex(codebooks, items)
+    index = HierarchicalIndex(codebooks, items, node_embedding=cfg.node_embedding)
     log.info(
         "index over %d items, levels %s, built in %.1fs",
         index.n_items,

@@ -88,6 +88,7 @@ def save_index(
             "dim": index.codebooks.dim,
             "n_items": index.n_items,
             "n_active": index.n_active,
+            "node_embedding": index.node_embedding,
             "tensors": {
                 k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
                 for k, v in tensors.items()
@@ -165,6 +166,13 @@ def load_index(
             int(manifest["dim"]),
         )
         declared = manifest["tensors"]
+        # Indexes written before the choice existed scored codeword sums.
+        node_embedding = manifest.get("node_embedding", "codewords")
+        if node_embedding not in HierarchicalIndex.NODE_EMBEDDINGS:
+            raise ValueError(
+                f"{path / MANIFEST}: node_embedding {node_embedding!r} is not one of "
+                f"{HierarchicalIndex.NODE_EMBEDDINGS}; rebuild the index"
+            )
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path / MANIFEST}: missing or malformed entry {err}") from err
     model = RetrievalModel.load(path / MODEL_FILE, device=device)
@@ -194,6 +202,7 @@ def load_index(
         codes,
         tensors["active"].numpy().astype(bool),
         extra_nodes=[tensors[f"node_keys.{lv}"].numpy() for lv in range(len(sizes))],
+        node_embedding=node_embedding,
     )
     index.check()  # ValueError naming the inconsistency
     return model, index

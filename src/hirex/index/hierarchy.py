@@ -1,10 +1,14 @@
 """The hierarchical index: item paths through residual codebooks, stored as flat arrays.
 
-A node at level l is a path prefix (c_1, ..., c_l); its embedding is the sum of those codewords
-(the pseudo-item the model scores).  Per level the nodes are kept sorted by their prefix key, so
-the children of a node are one contiguous range (``child_ptr``) and the items of a bottom node
-are one contiguous range of ``members`` (``member_ptr``): search gathers ranges, it never loops
-over nodes in Python.
+A node at level l is a path prefix (c_1, ..., c_l).  Its embedding, the pseudo-item the model
+scores, is either the sum of those codewords (``node_embedding="codewords"``) or the mean of the
+active items under the node (``"centroids"``, codewords for an empty node).  Residual codewords
+are fitted to residuals pooled over every parent, so below the first level their sum can sit far
+from the items it stands for; the mean of a node's items routes a search better.
+
+Per level the nodes are kept sorted by their prefix key, so the children of a node are one
+contiguous range (``child_ptr``) and the items of a bottom node are one contiguous range of
+``members`` (``member_ptr``): search gathers ranges, it never loops over nodes in Python.
 
 Items come and go without retraining: ``add_items`` assigns a new embedding to a path with the
 learned codebooks, ``remove_items`` deactivates items.  A node stays in the structure when its last
@@ -43,7 +47,11 @@ class HierarchicalIndex:
     """Residual codebooks + per-item paths + the item memory the model scores at the bottom.
 
     item_emb: (N, Q, D) item embeddings; codes: (N, L) paths; active: (N,) bool.
+    node_embedding: "codewords" (sum of the path's codewords) or "centroids" (mean of the node's
+    active items), see the module docstring.
     """
+
+    NODE_EMBEDDINGS = ("codewords", "centroids")
 
     def __init__(
         self,
@@ -52,7 +60,13 @@ class HierarchicalIndex:
         codes: torch.Tensor | None = None,
         active: np.ndarray | None = None,
         extra_nodes: list[np.ndarray] | None = None,
+        node_embedding: str = "centroids",
     ) -> None:
+        if node_embedding not in self.NODE_EMBEDDINGS:
+            raise ValueError(
+                f"node_embedding must be one of {self.NODE_EMBEDDINGS}, got {node_embedding!r}"
+            )
+        self.node_embedding = node_embedding
         self.codebooks = codebooks.eval().requires_grad_(False)
         self.item_emb = item_emb.detach()
         if codes is None:
@@ -225,8 +239,10 @@ class HierarchicalIndex:
             members = np.insert(members, at, item)
             member_ptr[leaf + 1 :] += 1
         self._members = (member_ptr, members)
-        # Representatives of every node on an old or new path, from its subtree's members.
+        # Representatives (and centroids) of every node on an old or new path, from its
+        # subtree's members.
         flat = self.item_emb.reshape(self.n_items, -1)
+        centroids = self.node_embedding == "centroids"
         for level, nodes in enumerate(touched):
             lv = levels[level]
             for node in nodes.tolist():
@@ -234,7 +250,24 @@ class HierarchicalIndex:
                 for below in range(level, depth - 1):
                     lo, hi = levels[below].child_ptr[lo], levels[below].child_ptr[hi]
                 sub = members[member_ptr[lo] : member_ptr[hi]]
+                if centroids:
+                    lv.emb[node] = self._node_centroid(flat, sub, level, lv.keys[node])
                 lv.representative[node] = _nearest(flat, sub, lv.emb[node].reshape(-1))
+        if centroids:
+            self._cache = {}  # per-node values (e.g. the scorer's node side) saw the old means
+
+    def _node_centroid(
+        self, flat: torch.Tensor, sub: np.ndarray, level: int, key: int
+    ) -> torch.Tensor:
+        """(Q, D) embedding of one node in "centroids" mode: the mean of its active items
+        ``sub`` (summed in float64, as in the full rebuild, so that both give the same float32
+        mean and hence the same representative), codewords when empty."""
+        if len(sub) == 0:
+            codes = torch.from_numpy(self._keys_to_codes(np.array([key]), level))
+            return self.codebooks.decode(codes)[0].to(flat.device)
+        rows = flat.index_select(0, torch.from_numpy(sub).to(flat.device)).double()
+        mean = (rows.sum(0) / len(sub)).to(flat.dtype)
+        return mean.reshape(self.item_emb.shape[1:])
 
     def _invalidate(self) -> None:
         self._levels = None
@@ -297,6 +330,8 @@ class HierarchicalIndex:
             count = np.bincount(node_of, minlength=len(keys)).astype(np.int64)
             emb = self.codebooks.decode(torch.from_numpy(self._keys_to_codes(keys, level)))
             emb = emb.to(self.item_emb.device)
+            if self.node_embedding == "centroids" and len(act):
+                emb = _centroids(flat, act, node_of, count, emb)
             if level == 0:
                 parent = np.full(len(keys), -1, np.int64)
             else:
@@ -416,6 +451,26 @@ def _sq_dist(
     dev = flat.device
     x = flat[torch.from_numpy(items).to(dev)]
     return ((x - centres[torch.from_numpy(centre_of).to(dev)]) ** 2).sum(1)
+
+
+def _centroids(
+    flat: torch.Tensor,
+    act: np.ndarray,
+    node_of: np.ndarray,
+    count: np.ndarray,
+    fallback: torch.Tensor,
+) -> torch.Tensor:
+    """(n, Q, D) mean of the active items ``act`` of each node (``node_of``: their nodes),
+    ``fallback`` rows for empty nodes.  Summed in float64 (see ``_node_centroid``)."""
+    dev = flat.device
+    sums = torch.zeros(len(count), flat.shape[1], dtype=torch.float64, device=dev)
+    for c in range(0, len(act), _CHUNK):
+        rows = flat.index_select(0, torch.from_numpy(act[c : c + _CHUNK]).to(dev)).double()
+        sums.index_add_(0, torch.from_numpy(node_of[c : c + _CHUNK]).to(dev), rows)
+    n = torch.from_numpy(count).to(dev, torch.float64)
+    mean = (sums / n.clamp(min=1)[:, None]).to(flat.dtype)
+    out = torch.where((n > 0)[:, None], mean, fallback.reshape(mean.shape))
+    return out.reshape(fallback.shape)
 
 
 def _with_children(level: Level, child_ptr: np.ndarray) -> Level:

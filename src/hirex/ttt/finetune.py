@@ -58,7 +58,11 @@ def refresh_index(index: HierarchicalIndex, model: RetrievalModel) -> Hierarchic
     # Items added to the index after training keep their stored embeddings.
     items[: model.n_items] = item_embeddings(model).to(items.device)
     return HierarchicalIndex(
-        index.codebooks, items, active=index.active.copy(), extra_nodes=index.node_keys
+        index.codebooks,
+        items,
+        active=index.active.copy(),
+        extra_nodes=index.node_keys,
+        node_embedding=index.node_embedding,
     )
 
 
