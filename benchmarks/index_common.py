@@ -26,6 +26,7 @@ from hirex.data.interactions import Dataset, Interactions
 from hirex.eval.protocols import evaluate, evaluate_index, evaluate_ranker
 from hirex.index.exhaustive import item_embeddings
 from hirex.index.files import load_index
+from hirex.index.hierarchy import HierarchicalIndex
 from hirex.models.user_batch import UserBatch
 from hirex.runs import INDEX_DIR, dataset_from_config, train_run
 from hirex.train.trainer import eval_ks
@@ -130,6 +131,35 @@ def plot(rows: list[dict[str, Any]], metric: str, path: Path, title: str) -> Non
     atomic_write_bytes(path, buf.getvalue())
 
 
+def beam_rows(
+    model,
+    index: HierarchicalIndex,
+    ds: Dataset,
+    ks: tuple[int, ...],
+    beams: list[str],
+    label: str,
+    metric: str,
+    ex,
+    rows: list[dict[str, Any]],
+) -> None:
+    """Test metrics through ``index`` at every beam, appended to ``rows`` as method ``label``."""
+    for beam in beams:
+        ev = evaluate_index(model, index, ds, "test", ks, beam)
+        rows.append(
+            {
+                "method": label,
+                "beam": beam,
+                "node_embedding": index.node_embedding,
+                "items_scored_fraction": round(ev.cost["items_scored_fraction"], 5),
+                "nodes_scored": round(ev.cost["nodes_scored"], 1),
+                **rounded(ev.metrics),
+                "recall_kept": round(ev.metrics[metric] / max(ex.metrics[metric], 1e-12), 4),
+                "seconds": round(ev.seconds, 1),
+            }
+        )
+        print(rows[-1], flush=True)
+
+
 def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[str]) -> None:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default=default_config, help=f"default: {default_config}")
@@ -143,6 +173,12 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
     p.add_argument("--skip-faiss", action="store_true")
     p.add_argument("--nlists", default="256,1024")
     p.add_argument("--probes", default="1,2,4,8,16,32")
+    p.add_argument(
+        "--node-embeddings",
+        default="centroids,codewords",
+        help="node pseudo-items to search each index with; rows of the second and later\n"
+        "choices are labelled 'METHOD (CHOICE)'",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     beams_list = [b.strip() for b in args.beams.split(";") if b.strip()]
@@ -194,20 +230,17 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
             }
         )
         print(rows[-1], flush=True)
-        for beam in beams_list:
-            ev = evaluate_index(model, index, ds, "test", ks, beam)
-            rows.append(
-                {
-                    "method": method,
-                    "beam": beam,
-                    "items_scored_fraction": round(ev.cost["items_scored_fraction"], 5),
-                    "nodes_scored": round(ev.cost["nodes_scored"], 1),
-                    **rounded(ev.metrics),
-                    "recall_kept": round(ev.metrics[metric] / max(ex.metrics[metric], 1e-12), 4),
-                    "seconds": round(ev.seconds, 1),
-                }
+        for j, node_embedding in enumerate(args.node_embeddings.split(",")):
+            searched = HierarchicalIndex(
+                index.codebooks,
+                index.item_emb,
+                index.codes,
+                index.active,
+                index.node_keys,
+                node_embedding=node_embedding,
             )
-            print(rows[-1], flush=True)
+            label = method if j == 0 else f"{method} ({node_embedding})"
+            beam_rows(model, searched, ds, ks, beams_list, label, metric, ex, rows)
         write(complete=False)
     if not args.skip_faiss:
         dot_cfg = dataclasses.replace(

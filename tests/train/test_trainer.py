@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hirex.config import ConfigError, RunConfig, apply_overrides
+from hirex.config import ConfigError, RunConfig, apply_overrides, config_to_dict
 from hirex.eval.protocols import evaluate, evaluate_ranker
 from hirex.models.baselines import Popularity
 from hirex.runs import prepare_run_dir
-from hirex.train.trainer import train_model
+from hirex.train.trainer import same_config, train_model
 
 FAST = [
     "train.epochs=4",
@@ -102,6 +102,15 @@ def test_checkpoint_of_another_config_is_refused(tiny_set_data, tmp_path):
     with pytest.raises(ConfigError, match="another config"):
         train_model(_cfg("train.epochs=1", "train.lr=0.1"), ds, tmp_path, progress=False)
     prepare_run_dir(_cfg("train.epochs=1", "train.lr=0.1"), tmp_path, restart=True)
+
+
+def test_checkpoint_config_written_before_a_new_field_still_resumes():
+    cfg = _cfg("train.epochs=1")
+    saved = config_to_dict(cfg)
+    del saved["index"]["node_embedding"]  # as written before the field existed (its default)
+    assert same_config(saved, cfg)
+    assert not same_config(saved, _cfg("train.epochs=1", 'index.node_embedding="codewords"'))
+    assert not same_config({**saved, "unknown_section": {}}, cfg)
 
 
 def _train_cmd(out: Path, extra: tuple[str, ...] = ()) -> list[str]:

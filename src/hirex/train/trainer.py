@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hirex.config import ConfigError, RunConfig, config_to_dict
+from hirex.config import ConfigError, RunConfig, config_from_dict, config_to_dict
 from hirex.data.interactions import Dataset, Interactions
 from hirex.eval.protocols import Evaluation, default_ks, evaluate
 from hirex.index.codebooks import ResidualCodebooks, load_codebooks, save_codebooks
@@ -58,6 +58,15 @@ class TrainResult:
     train_seconds: float
     codebooks: ResidualCodebooks | None = None
     """The index codebooks learned with the model (index.method joint or em)."""
+
+
+def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
+    """Whether a checkpoint's stored config is ``cfg``: read with this version's defaults, so a
+    field added since the checkpoint was written (at its default) does not orphan it."""
+    try:
+        return config_from_dict(saved) == cfg
+    except (ConfigError, TypeError, ValueError):
+        return False
 
 
 def select_metric(cfg: RunConfig, dataset: Dataset) -> str:
@@ -403,11 +412,12 @@ class _Loop:
         best_codebooks: dict[str, torch.Tensor] | None = None
         if self.ckpt is not None and self.ckpt.exists():
             state = load_checkpoint(self.ckpt, self._saved_modules(), self.optimizer)
-            if state["config"] != cfg_dict:
+            if not same_config(state["config"], self.cfg):
                 raise ConfigError(
                     f"{self.ckpt} was written with another config; train into a new output "
                     "folder, or pass --restart to discard it"
                 )
+            state["config"] = cfg_dict  # written again in full by this version
             log.info(
                 "resuming from %s: epoch %d, step %d", self.ckpt, state["epoch"], state["step"]
             )
