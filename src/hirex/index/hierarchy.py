@@ -88,6 +88,9 @@ class HierarchicalIndex:
         self._cache: dict = {}
         # name -> (version, compute, (N, ...) rows): per-item values kept current row by row.
         self._row_cache: dict = {}
+        # name -> (version, value): values derived from the current items (cached_state).
+        self._state_cache: dict = {}
+        self._version = 0
         # Spare capacity behind item_emb / codes / active once items are appended (_grow).
         self._storage: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None
 
@@ -134,6 +137,7 @@ class HierarchicalIndex:
         An id that exists already gets the new embedding and path (an update).  Returns the ids.
         """
         emb = emb.detach().to(self.item_emb.device, self.item_emb.dtype)
+        self._changed()
         if emb.ndim != 3 or emb.shape[1:] != self.item_emb.shape[1:]:
             raise ValueError(
                 f"item embeddings must be (M, {self.item_emb.shape[1]}, {self.item_emb.shape[2]})"
@@ -194,6 +198,7 @@ class HierarchicalIndex:
         ids = np.unique(np.asarray(ids, dtype=np.int64))
         if len(ids) and (ids.min() < 0 or ids.max() >= self.n_items):
             raise ValueError(f"item ids must lie in [0, {self.n_items}) to be removed")
+        self._changed()
         was_active = self.active[ids].copy()
         self.active[ids] = False
         self._update_derived(ids, self.codes[torch.from_numpy(ids)].numpy(), was_active)
@@ -298,6 +303,7 @@ class HierarchicalIndex:
             self.codebooks = self.codebooks.to(device)
             self._invalidate()
             self._row_cache = {}
+            self._changed()
         return self
 
     @torch.no_grad()
@@ -319,6 +325,19 @@ class HierarchicalIndex:
             held = (version, compute, compute(self.item_emb))
             self._row_cache[name] = held
         return held[2]
+
+    def cached_state(self, name: str, compute):  # noqa: ANN001, ANN201
+        """A value derived from the current items, paths and nodes (e.g. faiss lists over the
+        members): computed once, recomputed on first use after any add, update or removal."""
+        held = self._state_cache.get(name)
+        if held is None or held[0] != self._version:
+            self._state_cache.pop(name, None)  # never hold the stale and the new one together
+            held = (self._version, compute())
+            self._state_cache[name] = held
+        return held[1]
+
+    def _changed(self) -> None:
+        self._version += 1
 
     def _rebuild(self) -> None:
         act = np.flatnonzero(self.active)

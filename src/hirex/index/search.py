@@ -9,6 +9,7 @@ with the model itself; the result is ranked by the model's own scores (exact ove
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ import torch
 from hirex.data.interactions import Interactions
 from hirex.index.exhaustive import exclusion_pairs
 from hirex.index.hierarchy import HierarchicalIndex
+from hirex.index.inverted_lists import DotLists
 from hirex.index.topk import TopK, empty_topk
 from hirex.models.retrieval_model import RetrievalModel
 from hirex.models.user_batch import UserBatch, user_blocks
@@ -60,6 +62,7 @@ def beam_search(
     exclude_ids: list[np.ndarray] | None = None,
     user_batch: int = 256,
     item_chunk: int = 65536,
+    scan: Literal["auto", "torch", "faiss"] = "auto",
 ) -> SearchResult:
     """Top ``k`` items per user through the index.
 
@@ -68,6 +71,10 @@ def beam_search(
     exclude: items never returned for a user (typically their training items); ``exclude_ids``
     gives extra per-row items to drop (one array per user, e.g. for ad-hoc users).
     Removed items are never returned.  Rows with fewer than ``k`` candidates end in -1 / -inf.
+    scan: how nodes and items are scored.  "torch" gathers (user, candidate) pairs and scores
+    them with the model; "faiss" (dot-product models on CPU) scans faiss inverted lists laid
+    over the index (``DotLists``) and gives the same result; "auto" takes faiss where it applies.
+    Either way the returned scores are the model's own.
     """
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
@@ -75,6 +82,7 @@ def beam_search(
     model.eval()
     device = model.device
     index.to(device)
+    use_faiss = _use_faiss(model, scan)
     levels = index.levels
     member_ptr, members = index.members
     item_side = _item_side(model, index)
@@ -90,24 +98,32 @@ def beam_search(
     for batch, rows_users in user_blocks(users, history, user_batch, max_len):
         stop = start + len(batch)
         u = model.encode_users(batch.to(device))
-        kept, _, nodes_scored = descend(model, index, u, widths, len(levels), item_chunk)
-        cand = _expand(kept, t_member_ptr)
-        valid = cand >= 0
-        items = torch.where(valid, t_members[cand.clamp(min=0)], -1)
         rows, cols = exclusion_pairs(
             stop - start,
             rows_users,
             exclude,
             None if exclude_ids is None else exclude_ids[start:stop],
         )
+        if use_faiss:
+            items, nodes_scored, items_scored = _faiss_candidates(
+                model, index, u, widths, k, rows, cols
+            )
+            valid = items >= 0
+        else:
+            kept, _, nodes_scored = descend(model, index, u, widths, len(levels), item_chunk)
+            cand = _expand(kept, t_member_ptr)
+            valid = cand >= 0
+            items = torch.where(valid, t_members[cand.clamp(min=0)], -1)
         valid &= ~_excluded(items, rows, cols, device)
         items = torch.where(valid, items, -1)
+        if not use_faiss:
+            items_scored = valid.sum(1)
         s = _score_valid(model, u, index.item_emb, item_side, items, valid, item_chunk)
         best = _top_scores(s, items, k)
         scores_out.append(best.scores.cpu())
         ids_out.append(best.ids.cpu())
         nodes_out.append(nodes_scored.cpu().numpy())
-        items_out.append(valid.sum(1).cpu().numpy())
+        items_out.append(items_scored.cpu().numpy())
         start = stop
     if not ids_out:
         return SearchResult(empty_topk(0, k), np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -116,6 +132,56 @@ def beam_search(
         np.concatenate(nodes_out),
         np.concatenate(items_out),
     )
+
+
+def _use_faiss(model: RetrievalModel, scan: str) -> bool:
+    if scan not in ("auto", "torch", "faiss"):
+        raise ValueError(f"scan must be 'auto', 'torch' or 'faiss', got {scan!r}")
+    applies = model.cfg.scorer == "dot" and model.device.type == "cpu"
+    if scan == "faiss" and not applies:
+        raise ValueError(
+            "scan='faiss' scores dot-product models on CPU; this model has scorer "
+            f"{model.cfg.scorer!r} on {model.device.type} (use scan='torch' or 'auto')"
+        )
+    return applies and scan != "torch"
+
+
+def _faiss_candidates(
+    model: RetrievalModel,
+    index: HierarchicalIndex,
+    u: torch.Tensor,
+    widths: tuple[int, ...],
+    k: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The best items of the kept leaves by faiss: (B, k + the most exclusions of a row) ids
+    (-1 padded; the caller drops the excluded (rows, cols) pairs and rescores with the model),
+    nodes scored (B,) and eligible items under the kept leaves (B,), as the torch scan counts
+    them (the faiss scan also scores the excluded ones, then they are dropped)."""
+    import faiss
+
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    lists = index.cached_state("dot_lists", lambda: DotLists(index))
+    spare = int(np.bincount(rows).max()) if len(rows) else 0
+    u_nodes = [_f32(index.codebooks.map_user(u, lv)[:, 0]) for lv in range(len(index.sizes))]
+    ids, _, kept, nodes, items = lists.search(u_nodes, _f32(u[:, 0]), widths, k + spare)
+    if len(rows):
+        # Excluded pairs (each counted once) whose item lies under a kept leaf of its row.
+        n = max(index.n_items, int(cols.max()) + 1)
+        pairs = np.unique(rows * n + cols)
+        rows, cols = pairs // n, pairs % n
+        leaf = lists.leaf_of[cols.clip(max=len(lists.leaf_of) - 1)]
+        leaf = np.where(cols < len(lists.leaf_of), leaf, -1)
+        n_leaves = len(lists.list_sizes[-1]) + 1
+        kept_keys = (np.arange(len(kept))[:, None] * n_leaves + kept)[kept >= 0]
+        hit = (leaf >= 0) & np.isin(rows * n_leaves + leaf, kept_keys)
+        items = items - np.bincount(rows[hit], minlength=len(items))
+    return torch.from_numpy(ids), torch.from_numpy(nodes), torch.from_numpy(items)
+
+
+def _f32(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().float().cpu().numpy())
 
 
 @torch.no_grad()
@@ -164,6 +230,8 @@ def prepare_index(model: RetrievalModel, index: HierarchicalIndex) -> None:
     _ = index.levels, index.members
     _item_side(model, index)
     _node_sides(model, index)
+    if _use_faiss(model, "auto"):
+        index.cached_state("dot_lists", lambda: DotLists(index))
 
 
 def _item_side(model: RetrievalModel, index: HierarchicalIndex) -> torch.Tensor | None:
