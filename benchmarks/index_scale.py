@@ -9,13 +9,15 @@ index to find.  Two workloads per corpus size, measured in one process with the 
 and the same thread count for torch and faiss:
 
 * Mixture of logits (``ModelConfig(scorer="mol")``, Q = 2 item and P = 2 user embeddings of
-  dimension 32, gate weights at their random init): residual k-means index (hirex posthoc)
-  through beam search at several beam widths, against exhaustive scoring.  Per beam: queries
+  dimension 32, gate weights at their random init): residual k-means index (hirex posthoc,
+  nodes scored at their centroids unless ``--node-embedding codewords``) through beam search
+  (torch pair scoring) at several beam widths, against exhaustive scoring.  Per beam: queries
   per second, overlap@100 (share of the exhaustive top 100 that the index returns), model
   evaluations per query; per size: index build time and memory, and the fastest beam with
   overlap@100 >= 0.95 with its speed-up over exhaustive (target: >= 20x at 1M items).
-* Dot product (Q = P = 1, dimension 64): the hirex index against faiss IVF-Flat (nprobe sweep)
-  and faiss HNSW32 (efSearch sweep) on the same item embeddings; recall@10 against the exact
+* Dot product (Q = P = 1, dimension 64): the hirex index (beam search on its faiss inverted
+  lists, ``scan="auto"``) against faiss IVF-Flat (nprobe sweep) and faiss HNSW32 (efSearch
+  sweep) on the same item embeddings; recall@10 against the exact
   top 10 (exhaustive scoring) and the fastest setting of each with recall@10 >= 0.95.
 
 Timings: one warm-up call, then the fastest of at least ``--repeats`` calls (and at least
@@ -57,7 +59,7 @@ from hirex.data.interactions import Interactions
 from hirex.index.codebooks import ResidualCodebooks
 from hirex.index.exhaustive import exhaustive_topk
 from hirex.index.hierarchy import HierarchicalIndex
-from hirex.index.search import beam_search, parse_beam
+from hirex.index.search import beam_search, parse_beam, resolve_scan
 from hirex.models.retrieval_model import RetrievalModel
 from hirex.models.user_batch import UserBatch
 
@@ -290,15 +292,16 @@ def index_rows(
         widths = parse_beam(beam, len(index.sizes))
         seconds, res = fastest(
             lambda w=widths: beam_search(
-                model, index, batch, None, k, w, user_batch=args.user_batch
+                model, index, batch, None, k, w, user_batch=args.user_batch, scan=args.scan
             ),
             lambda w=widths: beam_search(
-                model, index, batch.slice(0, min(8, len(batch))), None, k, w
+                model, index, batch.slice(0, min(8, len(batch))), None, k, w, scan=args.scan
             ),
             args.repeats,
         )
         items, nodes = float(res.items_scored.mean()), float(res.nodes_scored.mean())
         row = timing_row("hirex index", {"beam": list(widths)}, seconds, len(batch), items + nodes)
+        row["scan"] = resolve_scan(model, args.scan)
         row["items_scored_per_query"] = round(items, 1)
         row["nodes_scored_per_query"] = round(nodes, 1)
         row[metric] = round(overlap(res.topk.ids, truth), 4)
@@ -391,7 +394,7 @@ def run_mol(n: int, levels: list[int], args: argparse.Namespace) -> dict[str, An
         model, batch = query_model(
             make_queries(space, args.queries, MOL_EMBS, args.seed), "mol", args.seed
         )
-    index, out["build"] = build_index(items, levels, args.seed)
+    index, out["build"] = build_index(items, levels, args.seed, args.node_embedding)
     n_exh = min(args.exhaustive_queries, args.queries)
     exhaustive, truth = exhaustive_row(
         model, items, batch.slice(0, min(n_exh, len(batch))), MOL_K, MOL_METRIC, args
@@ -416,7 +419,7 @@ def run_dot(n: int, levels: list[int], nlist: int, args: argparse.Namespace) -> 
         model, batch = query_model(queries, "dot", args.seed)
     exhaustive, truth = exhaustive_row(model, items, batch, DOT_K, DOT_METRIC, args)
     print(exhaustive, flush=True)
-    index, out["build"] = build_index(items, levels, args.seed)
+    index, out["build"] = build_index(items, levels, args.seed, args.node_embedding)
     rows = index_rows(model, index, batch, truth, DOT_K, DOT_METRIC, args)
     del index
     flat, q = items[:, 0].numpy(), np.ascontiguousarray(queries[:, 0].numpy())
@@ -569,8 +572,21 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--beams",
         type=lambda s: [b.strip() for b in s.split(";") if b.strip()],
-        default="8;16;32;64;128;256",
+        default="8;12;16;20;24;32;48;64;96;128;256",
         help="beam widths, ';'-separated; each one width or one per level (e.g. 16,64)",
+    )
+    p.add_argument(
+        "--scan",
+        choices=["auto", "torch", "faiss"],
+        default="auto",
+        help="beam_search's scan: auto is faiss inverted lists for the dot product, torch\n"
+        "pair scoring for the mixture of logits",
+    )
+    p.add_argument(
+        "--node-embedding",
+        choices=["centroids", "codewords"],
+        default="centroids",
+        help="the node pseudo-items the index scores",
     )
     p.add_argument(
         "--nlists",

@@ -82,7 +82,7 @@ def beam_search(
     model.eval()
     device = model.device
     index.to(device)
-    use_faiss = _use_faiss(model, scan)
+    use_faiss = resolve_scan(model, scan) == "faiss"
     levels = index.levels
     member_ptr, members = index.members
     item_side = _item_side(model, index)
@@ -134,7 +134,9 @@ def beam_search(
     )
 
 
-def _use_faiss(model: RetrievalModel, scan: str) -> bool:
+def resolve_scan(model: RetrievalModel, scan: str = "auto") -> Literal["torch", "faiss"]:
+    """The scan ``beam_search(..., scan=scan)`` uses for ``model``: "auto" is faiss for a
+    dot-product model on CPU and torch otherwise."""
     if scan not in ("auto", "torch", "faiss"):
         raise ValueError(f"scan must be 'auto', 'torch' or 'faiss', got {scan!r}")
     applies = model.cfg.scorer == "dot" and model.device.type == "cpu"
@@ -143,7 +145,7 @@ def _use_faiss(model: RetrievalModel, scan: str) -> bool:
             "scan='faiss' scores dot-product models on CPU; this model has scorer "
             f"{model.cfg.scorer!r} on {model.device.type} (use scan='torch' or 'auto')"
         )
-    return applies and scan != "torch"
+    return "faiss" if applies and scan != "torch" else "torch"
 
 
 def _faiss_candidates(
@@ -230,7 +232,7 @@ def prepare_index(model: RetrievalModel, index: HierarchicalIndex) -> None:
     _ = index.levels, index.members
     _item_side(model, index)
     _node_sides(model, index)
-    if _use_faiss(model, "auto"):
+    if resolve_scan(model) == "faiss":
         index.cached_state("dot_lists", lambda: DotLists(index))
 
 
