@@ -125,7 +125,8 @@ def scale_table(result: dict, name: str = "index_scale") -> str:
         if r is None:
             return "not reached"
         setting = f"{knob} {r[knob]}, " if knob else ""
-        return f"{setting}{r['qps']:,.1f} q/s, {r['scored_per_query']:,.0f} evals"
+        scan = f" ({r['scan']} scan)" if "scan" in r else ""
+        return f"{setting}{r['qps']:,.1f} q/s, {r['scored_per_query']:,.0f} evals{scan}"
 
     for size in result["sizes"]:
         for scorer, quality in (("mol", "overlap@100"), ("dot", "recall@10")):
@@ -148,7 +149,13 @@ def scale_table(result: dict, name: str = "index_scale") -> str:
                     if scorer == "dot" and any(r["method"] == "faiss hnsw" for r in rows)
                     else ""
                 )
-                + f" | {build['seconds']:.1f} s, peak {build['memory_gib']['peak']:.2f} GiB |"
+                + f" | {build['seconds']:.1f} s, peak {build['memory_gib']['peak']:.2f} GiB"
+                + (
+                    f" (+ {build['faiss_lists']['seconds']:.1f} s faiss lists)"
+                    if "faiss_lists" in build
+                    else ""
+                )
+                + " |"
             )
     m = result["machine"]
     lines += [
