@@ -3,9 +3,12 @@ derived arrays (what every change cost before the patch path existed).
 
     python benchmarks/index_updates.py [--sizes 41000,1000000] [--changes 30] [--threads 1]
 
-Items are random (N, Q=2, D=64) embeddings with post-hoc codebooks of 64 x 32 codewords (the
-Gowalla serving layout).  Each change is one add of a new item, one re-embedding of an existing
-item, or one removal, followed by what a search needs (levels and member lists).
+Items are random embeddings with post-hoc codebooks of 64 x 32 codewords (the Gowalla serving
+layout), nodes at their centroids, in two layouts: "mol" (N, Q=2, D=64), what the torch scan of
+a mixture-of-logits model reads, and "dot" (N, Q=1, D=64), where search also reads the faiss
+inverted lists (``DotLists``).  Each change is one add of a new item, one re-embedding of an
+existing item, or one removal, followed by what a search needs (levels and member lists, and
+for "dot" the faiss lists); the full rebuild is all of it built from scratch.
 
 Writes benchmarks/results/index_updates.json.
 """
@@ -21,9 +24,19 @@ from common import command_line, machine, write_result
 
 from hirex.index.codebooks import ResidualCodebooks
 from hirex.index.hierarchy import HierarchicalIndex
+from hirex.index.inverted_lists import DotLists
 
 
-def timed_changes(index: HierarchicalIndex, changes: int, rng: np.random.Generator) -> dict:
+def ready(index: HierarchicalIndex, layout: str) -> None:
+    """What a search reads, brought up to date."""
+    _ = index.levels, index.members
+    if layout == "dot":
+        DotLists.of(index)
+
+
+def timed_changes(
+    index: HierarchicalIndex, changes: int, rng: np.random.Generator, layout: str
+) -> dict:
     per_kind: dict[str, list[float]] = {"add": [], "update": [], "remove": []}
     patched = 0
     for step in range(changes):
@@ -38,7 +51,7 @@ def timed_changes(index: HierarchicalIndex, changes: int, rng: np.random.Generat
         else:
             index.remove_items(np.array([int(rng.integers(index.n_items))]))
         patched += index._levels is not None
-        _ = index.levels, index.members
+        ready(index, layout)
         per_kind[kind].append(time.perf_counter() - t0)
     return {
         "patched_share": round(patched / changes, 3),
@@ -52,24 +65,27 @@ def main() -> None:
     p.add_argument("--changes", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layouts", default="mol,dot")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for n in [int(x) for x in args.sizes.split(",")]:
-        torch.manual_seed(args.seed)
-        rng = np.random.default_rng(args.seed)
-        emb = torch.randn(n, 2, 64)
-        cb = ResidualCodebooks([64, 32], 2, 64)
-        cb.fit_kmeans(emb[: min(n, 100_000)], seed=args.seed, niter=5)
-        index = HierarchicalIndex(cb, emb)
-        t0 = time.perf_counter()
-        _ = index.levels, index.members
-        full = time.perf_counter() - t0
-        row = {"items": n, "full_rebuild_ms": round(full * 1000, 1)}
-        row.update(timed_changes(index, args.changes, rng))
-        index.check()
-        rows.append(row)
-        print(row)
+    for layout in args.layouts.split(","):
+        q = {"mol": 2, "dot": 1}[layout]
+        for n in [int(x) for x in args.sizes.split(",")]:
+            torch.manual_seed(args.seed)
+            rng = np.random.default_rng(args.seed)
+            emb = torch.randn(n, q, 64)
+            cb = ResidualCodebooks([64, 32], q, 64)
+            cb.fit_kmeans(emb[: min(n, 100_000)], seed=args.seed, niter=5)
+            index = HierarchicalIndex(cb, emb)
+            t0 = time.perf_counter()
+            ready(index, layout)
+            full = time.perf_counter() - t0
+            row = {"layout": layout, "items": n, "full_rebuild_ms": round(full * 1000, 1)}
+            row.update(timed_changes(index, args.changes, rng, layout))
+            index.check()
+            rows.append(row)
+            print(row)
     write_result(
         "index_updates",
         {"rows": rows, "command": command_line(), "machine": machine()},

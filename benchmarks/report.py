@@ -255,14 +255,16 @@ def updates_table(r: dict) -> str:
     lines = [
         "### index_updates",
         "",
-        "One change, then the arrays a search needs; median ms over the changes of each kind.",
+        "One change, then the arrays a search needs (dot: and the faiss inverted lists); median "
+        "ms over the changes of each kind.",
         "",
-        "| items | full rebuild ms | add ms | re-embed ms | remove ms | changes patched |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| layout | items | full rebuild ms | add ms | re-embed ms | remove ms | changes patched |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in r["rows"]:
         lines.append(
-            f"| {row['items']:,} | {row['full_rebuild_ms']:,.1f} | {row['add_ms_median']} | "
+            f"| {row.get('layout', 'mol')} | {row['items']:,} | {row['full_rebuild_ms']:,.1f} | "
+            f"{row['add_ms_median']} | "
             f"{row['update_ms_median']} | {row['remove_ms_median']} | {row['patched_share']:.0%} |"
         )
     lines += ["", _footer(r, f" ({r['machine']['torch_threads']} torch thread)."), ""]

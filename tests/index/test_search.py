@@ -255,3 +255,56 @@ def test_scan_choice_is_checked(tiny_set_data):
         beam_search(model, index, np.arange(3), ds.train, 5, 2, scan="faiss")
     with pytest.raises(ValueError, match="scan must be"):
         beam_search(model, index, np.arange(3), ds.train, 5, 2, scan="numba")
+
+
+def _lists(lists):
+    """Every inverted list of a DotLists as {(ivf, list): sorted (id, code bytes)}."""
+    import faiss
+
+    out = {}
+    for which, ivf in enumerate(lists.ivfs):
+        inv = ivf.invlists
+        for j in range(ivf.nlist):
+            n = inv.list_size(j)
+            ids = faiss.rev_swig_ptr(inv.get_ids(j), n).copy() if n else np.zeros(0, np.int64)
+            codes = (
+                faiss.rev_swig_ptr(inv.get_codes(j), n * inv.code_size).copy().reshape(n, -1)
+                if n
+                else np.zeros((0, inv.code_size), np.uint8)
+            )
+            order = np.argsort(ids)
+            out[which, j] = (ids[order].tolist(), codes[order].tobytes())
+    return out
+
+
+def test_faiss_lists_are_patched_after_changes_and_equal_fresh_ones(tiny_set_data):
+    """Adds, re-embeddings and removals that keep the node set patch the faiss lists in place
+    (the same object, only the touched nodes' lists rewritten); after each, the lists equal
+    lists built from scratch and the faiss scan equals the torch scan."""
+    from hirex.index.inverted_lists import DotLists
+
+    ds, model, index = model_and_index(tiny_set_data, "dot", levels=(4, 3))
+    users = np.arange(60)
+    rng = np.random.default_rng(0)
+    lists = DotLists.of(index)
+    patched = 0
+    for step in range(12):
+        if step % 3 == 2:
+            index.remove_items(rng.choice(index.n_items, 3, replace=False))
+        else:
+            ids = rng.choice(index.n_items + 2, 2, replace=False)
+            src = index.item_emb[torch.from_numpy(rng.integers(ds.n_items, size=2))]
+            index.add_items(src + 0.01 * torch.randn(src.shape), ids)
+        fast = beam_search(model, index, users, ds.train, 10, 2, scan="faiss")
+        _same_search(fast, beam_search(model, index, users, ds.train, 10, 2, scan="torch"))
+        now = DotLists.of(index)
+        patched += now is lists
+        lists = now
+        fresh = DotLists(index)
+        assert _lists(now) == _lists(fresh)
+        assert np.array_equal(now.leaf_of, fresh.leaf_of)
+        assert np.array_equal(now.top, fresh.top)
+        assert np.array_equal(now.top_nonempty, fresh.top_nonempty)
+        for a, b in zip(now.list_sizes, fresh.list_sizes, strict=True):
+            assert np.array_equal(a, b)
+    assert patched >= 8  # most changes were patches (a change creating a node rebuilds)

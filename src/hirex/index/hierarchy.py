@@ -91,6 +91,8 @@ class HierarchicalIndex:
         # name -> (version, value): values derived from the current items (cached_state).
         self._state_cache: dict = {}
         self._version = 0
+        # version -> per level, the nodes a patched change touched (absent: arrays rebuilt).
+        self._patched: dict[int, list[np.ndarray]] = {}
         # Spare capacity behind item_emb / codes / active once items are appended (_grow).
         self._storage: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None
 
@@ -260,6 +262,7 @@ class HierarchicalIndex:
                 lv.representative[node] = _nearest(flat, sub, lv.emb[node].reshape(-1))
         if centroids:
             self._cache = {}  # per-node values (e.g. the scorer's node side) saw the old means
+        self._patched[self._version] = touched
 
     def _node_centroid(
         self, flat: torch.Tensor, sub: np.ndarray, level: int, key: int
@@ -326,14 +329,30 @@ class HierarchicalIndex:
             self._row_cache[name] = held
         return held[2]
 
-    def cached_state(self, name: str, compute):  # noqa: ANN001, ANN201
+    def cached_state(self, name: str, compute, patch=None):  # noqa: ANN001, ANN201
         """A value derived from the current items, paths and nodes (e.g. faiss lists over the
-        members): computed once, recomputed on first use after any add, update or removal."""
+        members): computed once and brought up to date on first use after a change.
+
+        When every change since it was computed was patched in place (the node set did not
+        change), ``patch(value, touched)`` updates it, ``touched`` being per level the nodes whose
+        items, counts or embeddings changed; otherwise (or without ``patch``) it is recomputed."""
         held = self._state_cache.get(name)
+        if held is not None and held[0] != self._version and patch is not None:
+            steps = [self._patched.get(v) for v in range(held[0] + 1, self._version + 1)]
+            if all(t is not None for t in steps):
+                touched = [
+                    np.unique(np.concatenate([t[lv] for t in steps]))
+                    for lv in range(len(self.sizes))
+                ]
+                patch(held[1], touched)
+                held = (self._version, held[1])
+                self._state_cache[name] = held
         if held is None or held[0] != self._version:
             self._state_cache.pop(name, None)  # never hold the stale and the new one together
             held = (self._version, compute())
             self._state_cache[name] = held
+        oldest = min(v for v, _ in self._state_cache.values())
+        self._patched = {v: t for v, t in self._patched.items() if v > oldest}
         return held[1]
 
     def _changed(self) -> None:

@@ -11,8 +11,10 @@ nodes and keeps the best ``beam[l]``; at the bottom it returns the best items of
 leaves.  The result equals ``beam_search`` with the torch scorer (tested): same nodes kept,
 same items, same model scores.
 
-The lists copy the node and item embeddings (one more float32 copy of the item memory) and are
-rebuilt after the index changes (``HierarchicalIndex.cached_state``).
+The lists copy the node and item embeddings (one more float32 copy of the item memory).  After
+a change that the index patches in place, ``patch`` rewrites only the lists of the nodes on the
+changed items' old and new paths; a change that creates nodes rebuilds them
+(``HierarchicalIndex.cached_state``).
 """
 
 from __future__ import annotations
@@ -27,12 +29,19 @@ from hirex.index.hierarchy import HierarchicalIndex
 class DotLists:
     """faiss inverted lists over the levels of ``index`` (dot-product scorer, Q = 1)."""
 
+    @classmethod
+    def of(cls, index: HierarchicalIndex) -> DotLists:
+        """The lists of ``index``, current with its items (built, patched or rebuilt)."""
+        return index.cached_state(
+            "dot_lists", lambda: cls(index), lambda lists, touched: lists.patch(index, touched)
+        )
+
     def __init__(self, index: HierarchicalIndex) -> None:
         if index.item_emb.shape[1] != 1:
             raise ValueError("faiss lists serve the dot-product scorer (one item embedding)")
         levels = index.levels
         dim = index.item_emb.shape[2]
-        self.top = _f32(levels[0].emb[:, 0])
+        self.top = _f32(levels[0].emb[:, 0]).copy()  # patched in place: never a view
         self.top_nonempty = levels[0].count > 0
         self.ivfs: list[faiss.IndexIVFFlat] = []
         self._quantizers: list[faiss.IndexFlatIP] = []
@@ -48,6 +57,53 @@ class DotLists:
         self.leaf_of = np.full(index.n_items, -1, np.int64)
         """(N,) the leaf of every active item, -1 for removed ones."""
         self.leaf_of[members] = leaf_of
+
+    def patch(self, index: HierarchicalIndex, touched: list[np.ndarray]) -> None:
+        """Bring the lists up to date after changes that touched (per level) these nodes: a
+        touched node's list (its non-empty children, or a leaf's items) is written anew, and a
+        touched top node's embedding and emptiness are copied."""
+        levels = index.levels
+        top = touched[0]
+        self.top[top] = _f32(levels[0].emb[top, 0])
+        self.top_nonempty[top] = levels[0].count[top] > 0
+        for level in range(len(levels) - 1):
+            lv, below = levels[level], levels[level + 1]
+            for node in touched[level].tolist():
+                kids = np.arange(lv.child_ptr[node], lv.child_ptr[node + 1])
+                kids = kids[below.count[kids] > 0]
+                self._set_list(level, node, kids, _f32(below.emb[kids, 0]))
+        member_ptr, members = index.members
+        if len(self.leaf_of) < index.n_items:
+            grown = np.full(index.n_items, -1, np.int64)
+            grown[: len(self.leaf_of)] = self.leaf_of
+            self.leaf_of = grown
+        bottom = len(levels) - 1
+        invlists = self.ivfs[bottom].invlists
+        for leaf in touched[bottom].tolist():  # items that left a touched leaf: no leaf for now
+            n = invlists.list_size(leaf)
+            if n:
+                self.leaf_of[faiss.rev_swig_ptr(invlists.get_ids(leaf), n).copy()] = -1
+        device = index.item_emb.device
+        for leaf in touched[bottom].tolist():
+            ids = members[member_ptr[leaf] : member_ptr[leaf + 1]]
+            emb = _f32(index.item_emb[torch.from_numpy(ids).to(device), 0])
+            self._set_list(bottom, leaf, ids, emb)
+            self.leaf_of[ids] = leaf
+
+    def _set_list(self, which: int, list_no: int, ids: np.ndarray, x: np.ndarray) -> None:
+        """Replace inverted list ``list_no`` of IVF ``which`` by rows x (n, D) labelled ids."""
+        ivf = self.ivfs[which]
+        invlists = ivf.invlists
+        ivf.ntotal += len(ids) - invlists.list_size(list_no)
+        invlists.resize(list_no, 0)
+        if len(ids):
+            invlists.add_entries(
+                list_no,
+                len(ids),
+                faiss.swig_ptr(np.ascontiguousarray(ids, dtype=np.int64)),
+                faiss.swig_ptr(np.ascontiguousarray(x).view(np.uint8)),
+            )
+        self.list_sizes[which][list_no] = len(ids)
 
     def _add(
         self, dim: int, heads: np.ndarray, x: np.ndarray, lists: np.ndarray, ids: np.ndarray

@@ -164,7 +164,7 @@ def _faiss_candidates(
     import faiss
 
     faiss.omp_set_num_threads(torch.get_num_threads())
-    lists = index.cached_state("dot_lists", lambda: DotLists(index))
+    lists = DotLists.of(index)
     spare = int(np.bincount(rows).max()) if len(rows) else 0
     u_nodes = [_f32(index.codebooks.map_user(u, lv)[:, 0]) for lv in range(len(index.sizes))]
     ids, _, kept, nodes, items = lists.search(u_nodes, _f32(u[:, 0]), widths, k + spare)
@@ -233,7 +233,7 @@ def prepare_index(model: RetrievalModel, index: HierarchicalIndex) -> None:
     _item_side(model, index)
     _node_sides(model, index)
     if resolve_scan(model) == "faiss":
-        index.cached_state("dot_lists", lambda: DotLists(index))
+        DotLists.of(index)
 
 
 def _item_side(model: RetrievalModel, index: HierarchicalIndex) -> torch.Tensor | None:
