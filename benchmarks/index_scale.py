@@ -58,6 +58,7 @@ from hirex.config import ModelConfig
 from hirex.data.interactions import Interactions
 from hirex.index.codebooks import ResidualCodebooks
 from hirex.index.exhaustive import exhaustive_topk
+from hirex.index.hierarchical_kmeans import fit_hierarchical_kmeans
 from hirex.index.hierarchy import HierarchicalIndex
 from hirex.index.search import beam_search, parse_beam, prepare_index, resolve_scan
 from hirex.models.retrieval_model import RetrievalModel
@@ -235,16 +236,28 @@ def default_levels(n: int) -> list[int]:
 
 
 def build_index(
-    items: torch.Tensor, levels: list[int], seed: int, node_embedding: str = "centroids"
+    items: torch.Tensor,
+    levels: list[int],
+    seed: int,
+    node_embedding: str = "centroids",
+    kmeans: str = "residual",
 ) -> tuple[HierarchicalIndex, dict[str, Any]]:
-    """Residual k-means codebooks on the items, then the index (node arrays built eagerly)."""
-    record: dict[str, Any] = {"levels": levels, "node_embedding": node_embedding}
+    """Residual or hierarchical k-means on the items, then the index (node arrays built
+    eagerly)."""
+    record: dict[str, Any] = {"levels": levels, "node_embedding": node_embedding, "kmeans": kmeans}
     with phase(record):
         t0 = time.perf_counter()
-        codebooks = ResidualCodebooks(levels, items.shape[1], items.shape[2])
-        codebooks.fit_kmeans(items, seed=seed, niter=KMEANS_ITERS)
+        if kmeans == "hierarchical":
+            codebooks, codes = fit_hierarchical_kmeans(items, levels, seed=seed, niter=KMEANS_ITERS)
+            assign = "centroids"
+        else:
+            codebooks = ResidualCodebooks(levels, items.shape[1], items.shape[2])
+            codebooks.fit_kmeans(items, seed=seed, niter=KMEANS_ITERS)
+            codes, assign = None, "codebooks"
         record["kmeans_seconds"] = round(time.perf_counter() - t0, 2)
-        index = HierarchicalIndex(codebooks, items, node_embedding=node_embedding)
+        index = HierarchicalIndex(
+            codebooks, items, codes, node_embedding=node_embedding, assign=assign
+        )
         record["stats"] = index.stats()
     return index, record
 
@@ -394,7 +407,7 @@ def run_mol(n: int, levels: list[int], args: argparse.Namespace) -> dict[str, An
         model, batch = query_model(
             make_queries(space, args.queries, MOL_EMBS, args.seed), "mol", args.seed
         )
-    index, out["build"] = build_index(items, levels, args.seed, args.node_embedding)
+    index, out["build"] = build_index(items, levels, args.seed, args.node_embedding, args.kmeans)
     n_exh = min(args.exhaustive_queries, args.queries)
     exhaustive, truth = exhaustive_row(
         model, items, batch.slice(0, min(n_exh, len(batch))), MOL_K, MOL_METRIC, args
@@ -419,7 +432,7 @@ def run_dot(n: int, levels: list[int], nlist: int, args: argparse.Namespace) -> 
         model, batch = query_model(queries, "dot", args.seed)
     exhaustive, truth = exhaustive_row(model, items, batch, DOT_K, DOT_METRIC, args)
     print(exhaustive, flush=True)
-    index, out["build"] = build_index(items, levels, args.seed, args.node_embedding)
+    index, out["build"] = build_index(items, levels, args.seed, args.node_embedding, args.kmeans)
     if resolve_scan(model, args.scan) == "faiss":
         lists: dict[str, Any] = {}
         with phase(lists):  # what the first search after a change pays
@@ -596,6 +609,12 @@ def parse_args() -> argparse.Namespace:
         default="auto",
         help="beam_search's scan: auto is faiss inverted lists for the dot product, torch\n"
         "pair scoring for the mixture of logits",
+    )
+    p.add_argument(
+        "--kmeans",
+        choices=["residual", "hierarchical"],
+        default="residual",
+        help="how the post-hoc index is fitted",
     )
     p.add_argument(
         "--node-embedding",

@@ -172,6 +172,10 @@ class IndexConfig:
     align_weight: float = 0.1
     """Weight of KL(item-level scores || level scores) over each batch's candidates."""
     kmeans_iters: int = 20
+    kmeans: Literal["residual", "hierarchical"] = "residual"
+    """posthoc: residual k-means (one codebook per level, shared by all parents) or hierarchical
+    k-means (every node's items split by their own k-means; new items descend to the nearest
+    child centroid).  joint and em learn residual codebooks."""
     node_embedding: Literal["codewords", "centroids"] = "centroids"
     """The pseudo-item search scores for a node: the mean of its items (centroids) or the sum of
     its path's codewords (codewords, what the joint losses train the per-level scorers on)."""

@@ -8,6 +8,7 @@ import time
 from hirex.config import IndexConfig
 from hirex.index.codebooks import ResidualCodebooks
 from hirex.index.exhaustive import item_embeddings
+from hirex.index.hierarchical_kmeans import fit_hierarchical_kmeans
 from hirex.index.hierarchy import HierarchicalIndex
 from hirex.models.retrieval_model import RetrievalModel
 
@@ -22,25 +23,46 @@ def build_index(
 ) -> HierarchicalIndex:
     """Paths for every item of ``model`` by hard assignment.
 
-    codebooks: learned with the model (index.method joint or em); None fits them post hoc by
-    residual k-means (faiss) on the trained item embeddings, with ``cfg.levels`` codewords.
+    codebooks: learned with the model (index.method joint or em); None fits them post hoc on the
+    trained item embeddings (faiss) with ``cfg.levels`` nodes per level: residual k-means, or
+    hierarchical k-means with ``cfg.kmeans = "hierarchical"``.
     """
     t0 = time.perf_counter()
     items = item_embeddings(model)
+    if cfg.kmeans == "hierarchical" and (codebooks is not None or cfg.method != "posthoc"):
+        raise ValueError(
+            f"index.kmeans = 'hierarchical' is a posthoc index; index.method = {cfg.method!r} "
+            "learns residual codebooks (set index.kmeans = 'residual')"
+        )
+    if cfg.kmeans == "hierarchical" and cfg.node_embedding != "centroids":
+        raise ValueError(
+            "index.kmeans = 'hierarchical' scores nodes at their centroids: set "
+            "index.node_embedding = 'centroids'"
+        )
+    codes, assign = None, "codebooks"
     if codebooks is None:
         if cfg.method in ("joint", "em"):
             raise ValueError(
                 f"index.method = {cfg.method!r} learns the codebooks during training; train with "
                 "it (hirex train) or build a posthoc index"
             )
-        codebooks = ResidualCodebooks(cfg.levels, items.shape[1], items.shape[2])
-        codebooks.fit_kmeans(items, seed=seed, niter=cfg.kmeans_iters)
+        if cfg.kmeans == "hierarchical":
+            codebooks, codes = fit_hierarchical_kmeans(
+                items, cfg.levels, seed=seed, niter=cfg.kmeans_iters
+            )
+            assign = "centroids"
+        else:
+            codebooks = ResidualCodebooks(cfg.levels, items.shape[1], items.shape[2])
+            codebooks.fit_kmeans(items, seed=seed, niter=cfg.kmeans_iters)
     codebooks = codebooks.to(items.device)
-    index = HierarchicalIndex(codebooks, items, node_embedding=cfg.node_embedding)
+    index = HierarchicalIndex(
+        codebooks, items, codes, node_embedding=cfg.node_embedding, assign=assign
+    )
     log.info(
-        "index over %d items, levels %s, built in %.1fs",
+        "index over %d items, levels %s (%s k-means), built in %.1fs",
         index.n_items,
         codebooks.sizes,
+        cfg.kmeans,
         time.perf_counter() - t0,
     )
     return index

@@ -89,6 +89,7 @@ def save_index(
             "n_items": index.n_items,
             "n_active": index.n_active,
             "node_embedding": index.node_embedding,
+            "assign": index.assign,
             "tensors": {
                 k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
                 for k, v in tensors.items()
@@ -173,6 +174,12 @@ def load_index(
                 f"{path / MANIFEST}: node_embedding {node_embedding!r} is not one of "
                 f"{HierarchicalIndex.NODE_EMBEDDINGS}; rebuild the index"
             )
+        assign = manifest.get("assign", "codebooks")
+        if assign not in HierarchicalIndex.ASSIGNS:
+            raise ValueError(
+                f"{path / MANIFEST}: assign {assign!r} is not one of "
+                f"{HierarchicalIndex.ASSIGNS}; rebuild the index"
+            )
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path / MANIFEST}: missing or malformed entry {err}") from err
     model = RetrievalModel.load(path / MODEL_FILE, device=device)
@@ -203,6 +210,7 @@ def load_index(
         tensors["active"].numpy().astype(bool),
         extra_nodes=[tensors[f"node_keys.{lv}"].numpy() for lv in range(len(sizes))],
         node_embedding=node_embedding,
+        assign=assign,
     )
     index.check()  # ValueError naming the inconsistency
     return model, index

@@ -49,9 +49,14 @@ class HierarchicalIndex:
     item_emb: (N, Q, D) item embeddings; codes: (N, L) paths; active: (N,) bool.
     node_embedding: "codewords" (sum of the path's codewords) or "centroids" (mean of the node's
     active items), see the module docstring.
+    assign: how ``add_items`` puts an item on a path: "codebooks" (the nearest codeword level by
+    level, ``ResidualCodebooks.encode``) or "centroids" (down to the nearest non-empty child
+    centroid level by level; for paths from ``fit_hierarchical_kmeans``, whose deeper codewords
+    mean nothing; needs node_embedding "centroids" and the items' codes).
     """
 
     NODE_EMBEDDINGS = ("codewords", "centroids")
+    ASSIGNS = ("codebooks", "centroids")
 
     def __init__(
         self,
@@ -61,12 +66,21 @@ class HierarchicalIndex:
         active: np.ndarray | None = None,
         extra_nodes: list[np.ndarray] | None = None,
         node_embedding: str = "centroids",
+        assign: str = "codebooks",
     ) -> None:
         if node_embedding not in self.NODE_EMBEDDINGS:
             raise ValueError(
                 f"node_embedding must be one of {self.NODE_EMBEDDINGS}, got {node_embedding!r}"
             )
+        if assign not in self.ASSIGNS:
+            raise ValueError(f"assign must be one of {self.ASSIGNS}, got {assign!r}")
+        if assign == "centroids" and (node_embedding != "centroids" or codes is None):
+            raise ValueError(
+                "assign='centroids' descends node centroids: it needs node_embedding='centroids' "
+                "and the items' codes (e.g. from fit_hierarchical_kmeans)"
+            )
         self.node_embedding = node_embedding
+        self.assign = assign
         self.codebooks = codebooks.eval().requires_grad_(False)
         self.item_emb = item_emb.detach()
         if codes is None:
@@ -167,7 +181,7 @@ class HierarchicalIndex:
                     rows = torch.cat([rows, rows.new_zeros(grow, *rows.shape[1:])])
                 rows[t_ids] = compute(emb)
                 self._row_cache[name] = (version, compute, rows)
-        self.codes[torch.from_numpy(ids)] = self.codebooks.encode(emb).cpu()
+        self.codes[torch.from_numpy(ids)] = self.paths_for(emb)
         self.active[ids] = True
         new_nodes = False
         for level in range(len(self.sizes)):
@@ -179,6 +193,37 @@ class HierarchicalIndex:
         else:
             self._update_derived(ids, old_codes, was_active)
         return ids
+
+    @torch.no_grad()
+    def paths_for(self, emb: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+        """emb: (M, Q, D) -> (M, L) int64 codes, the paths ``add_items`` gives these embeddings
+        (see ``assign``)."""
+        if self.assign == "codebooks":
+            return self.codebooks.encode(emb).cpu()
+        levels = self.levels
+        flat = emb.reshape(emb.shape[0], -1).to(self.item_emb.device, self.item_emb.dtype)
+        codes = np.zeros((emb.shape[0], len(levels)), np.int64)
+        for c0 in range(0, emb.shape[0], chunk):
+            x = flat[c0 : c0 + chunk]
+            node = None
+            for level, lv in enumerate(levels):
+                if level == 0:
+                    cand = np.broadcast_to(np.arange(len(lv.keys)), (len(x), len(lv.keys)))
+                else:
+                    cand = _children(node, levels[level - 1].child_ptr)
+                ok = (cand >= 0) & (lv.count[cand.clip(0)] > 0)
+                if not ok.any(1).all():
+                    raise ValueError(
+                        "no non-empty node to put an item under: the index has no active "
+                        "items left; rebuild it"
+                    )
+                e = lv.emb.reshape(len(lv.keys), -1)[torch.from_numpy(cand.clip(0)).to(x.device)]
+                d = (e * e).sum(-1) - 2 * torch.einsum("mcd,md->mc", e, x)
+                d = d.masked_fill(~torch.from_numpy(ok).to(x.device), float("inf"))
+                pick = d.argmin(1).cpu().numpy()
+                node = cand[np.arange(len(x)), pick]
+                codes[c0 : c0 + len(x), level] = lv.keys[node] % self.sizes[level]
+        return torch.from_numpy(codes)
 
     def _grow(self, n: int) -> None:
         """Make ``n`` item slots (the new ones empty and inactive).  The storage grows by a
@@ -489,6 +534,14 @@ def _sq_dist(
     dev = flat.device
     x = flat[torch.from_numpy(items).to(dev)]
     return ((x - centres[torch.from_numpy(centre_of).to(dev)]) ** 2).sum(1)
+
+
+def _children(parents: np.ndarray, child_ptr: np.ndarray) -> np.ndarray:
+    """(M,) node ids -> (M, C) their children's ids, -1 padded."""
+    lo, hi = child_ptr[parents], child_ptr[parents + 1]
+    width = max(int((hi - lo).max()), 1) if len(parents) else 1
+    cand = lo[:, None] + np.arange(width)[None, :]
+    return np.where(cand < hi[:, None], cand, -1)
 
 
 def _centroids(

@@ -60,9 +60,11 @@ def refresh_index(index: HierarchicalIndex, model: RetrievalModel) -> Hierarchic
     return HierarchicalIndex(
         index.codebooks,
         items,
+        index.paths_for(items),  # the index's own rule: codebooks or nearest centroids
         active=index.active.copy(),
         extra_nodes=index.node_keys,
         node_embedding=index.node_embedding,
+        assign=index.assign,
     )
 
 

@@ -1,0 +1,129 @@
+"""Hierarchical k-means paths and the centroid-descent assignment of new items."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from hirex.config import IndexConfig, ModelConfig
+from hirex.index.build import build_index
+from hirex.index.exhaustive import exhaustive_topk
+from hirex.index.files import load_index, save_index
+from hirex.index.hierarchical_kmeans import fit_hierarchical_kmeans
+from hirex.index.hierarchy import HierarchicalIndex
+from hirex.index.search import beam_search
+from hirex.models.retrieval_model import RetrievalModel
+
+
+def nested_items(seed=0):
+    """4 far-apart clusters of 3 sub-clusters of 15 items each: (180, 1, 8), labels."""
+    g = torch.Generator().manual_seed(seed)
+    top = torch.randn(4, 8, generator=g) * 30
+    sub = top[:, None, :] + torch.randn(4, 3, 8, generator=g) * 3
+    labels = torch.arange(12).repeat_interleave(15)
+    items = sub.reshape(12, 8)[labels] + 0.1 * torch.randn(180, 8, generator=g)
+    return items[:, None, :], labels.numpy()
+
+
+def test_levels_recover_the_known_clusters_and_subclusters():
+    items, labels = nested_items()
+    cb, codes = fit_hierarchical_kmeans(items, [4, 3], seed=0)
+    index = HierarchicalIndex(cb, items, codes, assign="centroids")
+    index.check()
+    top, leaf = index.item_keys(0), index.item_keys(1)
+    # Each cluster is one level-1 node, each sub-cluster one leaf, and no node mixes them.
+    assert len(set(zip(labels // 3, top, strict=True))) == 4 == len(set(top))
+    assert len(set(zip(labels, leaf, strict=True))) == 12 == len(set(leaf))
+    # Nodes sit at their items' centroids.
+    lv = index.levels[1]
+    for node, key in enumerate(lv.keys):
+        assert torch.allclose(lv.emb[node], items[leaf == key].mean(0), atol=1e-5)
+
+
+def test_new_items_descend_to_the_nearest_centroids_and_patch_like_a_rebuild():
+    items, labels = nested_items(seed=1)
+    cb, codes = fit_hierarchical_kmeans(items, [4, 3], seed=1)
+    index = HierarchicalIndex(cb, items, codes, assign="centroids")
+    _ = index.levels
+    rng = np.random.default_rng(0)
+    src = rng.choice(len(items), 20, replace=False)
+    new = index.add_items(items[src] + 0.05 * torch.randn(20, 1, 8))
+    assert np.array_equal(index.item_keys(1, new), index.item_keys(1, src))
+    assert index._levels is not None  # patched: descent never creates a node
+    # Updates and removals, then the patched arrays equal a fresh index over the same paths.
+    index.add_items(items[src[:5]] * 1.001, ids=new[:5])
+    index.remove_items(src[5:10])
+    fresh = HierarchicalIndex(
+        cb, index.item_emb, index.codes, index.active, index.node_keys, assign="centroids"
+    )
+    for a, b in zip(index.levels, fresh.levels, strict=True):
+        assert np.array_equal(a.count, b.count)
+        assert np.array_equal(a.representative, b.representative)
+        assert torch.allclose(a.emb, b.emb, atol=1e-6)
+    index.check()
+    # A node emptied entirely is skipped: its items' copies go to the nearest non-empty leaf.
+    leaf = index.item_keys(1)
+    gone = np.flatnonzero(index.active)[leaf == leaf[0]]
+    index.remove_items(gone)
+    back = index.add_items(items[gone[:1]])
+    assert index.item_keys(1, back)[0] != leaf[0]
+    index.check()
+
+
+def test_search_through_a_hierarchical_index_keeping_every_node_is_exhaustive(tiny_set_data):
+    ds, _ = tiny_set_data
+    torch.manual_seed(0)
+    model = RetrievalModel(
+        ModelConfig(dim=16, scorer="mol", init_std=0.1), ds.n_users, ds.n_items
+    ).eval()
+    cfg = dataclasses.replace(IndexConfig(), method="posthoc", kmeans="hierarchical", levels=(6, 4))
+    index = build_index(model, cfg)
+    assert index.assign == "centroids"
+    users = np.arange(ds.n_users)
+    hist = ds.history("test")
+    got = beam_search(model, index, users, hist, 20, 10**6, exclude=hist)
+    want = exhaustive_topk(model, users, hist, 20, exclude=hist, items=index.item_emb)
+    assert torch.equal(got.topk.ids, want.ids)
+
+
+def test_assign_travels_with_the_index_file(tiny_set_data, tmp_path):
+    ds, _ = tiny_set_data
+    model = RetrievalModel(ModelConfig(dim=8, scorer="dot"), ds.n_users, ds.n_items).eval()
+    cfg = dataclasses.replace(IndexConfig(), method="posthoc", kmeans="hierarchical", levels=(5, 4))
+    index = build_index(model, cfg)
+    save_index(tmp_path / "ix", index, model)
+    _, loaded = load_index(tmp_path / "ix")
+    assert loaded.assign == "centroids"
+    probe = index.item_emb[:7] + 0.01
+    assert torch.equal(loaded.paths_for(probe), index.paths_for(probe))
+
+
+def test_bad_combinations_are_clear_errors(tiny_set_data):
+    items, _ = nested_items()
+    cb, codes = fit_hierarchical_kmeans(items, [4, 3])
+    with pytest.raises(ValueError, match="needs node_embedding='centroids'"):
+        HierarchicalIndex(cb, items, codes, node_embedding="codewords", assign="centroids")
+    with pytest.raises(ValueError, match="and the items' codes"):
+        HierarchicalIndex(cb, items, assign="centroids")
+    with pytest.raises(ValueError, match="assign must be one of"):
+        HierarchicalIndex(cb, items, codes, assign="nearest")
+    with pytest.raises(ValueError, match="cannot fill an index level"):
+        fit_hierarchical_kmeans(items[:3], [4, 3])
+    ds, _ = tiny_set_data
+    model = RetrievalModel(ModelConfig(dim=8, scorer="dot"), ds.n_users, ds.n_items).eval()
+    for method in ("joint", "em"):
+        cfg = dataclasses.replace(IndexConfig(), method=method, kmeans="hierarchical")
+        with pytest.raises(ValueError, match="is a posthoc index"):
+            build_index(model, cfg, codebooks=cb)
+    cfg = dataclasses.replace(
+        IndexConfig(), method="posthoc", kmeans="hierarchical", node_embedding="codewords"
+    )
+    with pytest.raises(ValueError, match="scores nodes at their centroids"):
+        build_index(model, cfg)
+    index = HierarchicalIndex(cb, items, codes, assign="centroids")
+    index.remove_items(np.arange(len(items)))
+    with pytest.raises(ValueError, match="no non-empty node"):
+        index.add_items(items[:1])
