@@ -9,16 +9,18 @@ index to find.  Two workloads per corpus size, measured in one process with the 
 and the same thread count for torch and faiss:
 
 * Mixture of logits (``ModelConfig(scorer="mol")``, Q = 2 item and P = 2 user embeddings of
-  dimension 32, gate weights at their random init): residual k-means index (hirex posthoc,
-  nodes scored at their centroids unless ``--node-embedding codewords``) through beam search
-  (torch pair scoring) at several beam widths, against exhaustive scoring.  Per beam: queries
-  per second, overlap@100 (share of the exhaustive top 100 that the index returns), model
-  evaluations per query; per size: index build time and memory, and the fastest beam with
-  overlap@100 >= 0.95 with its speed-up over exhaustive (target: >= 20x at 1M items).
-* Dot product (Q = P = 1, dimension 64): the hirex index (beam search on its faiss inverted
-  lists, ``scan="auto"``) against faiss IVF-Flat (nprobe sweep) and faiss HNSW32 (efSearch
-  sweep) on the same item embeddings; recall@10 against the exact
-  top 10 (exhaustive scoring) and the fastest setting of each with recall@10 >= 0.95.
+  dimension 32, gate weights at their random init): a post-hoc index (hierarchical k-means by
+  default, ``--kmeans residual`` for residual k-means; nodes scored at their centroids unless
+  ``--node-embedding codewords``) through beam search (torch pair scoring) at several beam
+  widths, against exhaustive scoring.  Per beam: queries per second, overlap@100 (share of the
+  exhaustive top 100 that the index returns), model evaluations per query; per size: index build
+  time and memory, and the fastest beam with overlap@100 >= 0.95 with its speed-up over
+  exhaustive (target: >= 20x at 1M items).  Levels: about 20 items per leaf (``default_levels``).
+* Dot product (Q = P = 1, dimension 64): the same kind of index (levels from ``dot_levels``:
+  about 4 sqrt(n) leaves of a few hundred items), searched on its faiss inverted lists
+  (``scan="auto"``), against faiss IVF-Flat (nprobe sweep, nlist near 2 sqrt(n)) and faiss
+  HNSW32 (efSearch sweep) on the same item embeddings; recall@10 against the exact top 10
+  (exhaustive scoring) and the fastest setting of each with recall@10 >= 0.95.
 
 Timings: one warm-up call, then the fastest of at least ``--repeats`` calls (and at least
 ``MIN_TIMED_SECONDS`` of calls) over all queries in batches; seconds per query = batch wall time
@@ -233,6 +235,15 @@ def default_levels(n: int) -> list[int]:
         levels.append(min(64, 2 ** round(math.log2(rest))))
         rest /= levels[-1]
     return levels
+
+
+def dot_levels(n: int) -> list[int]:
+    """Dot product: two levels with about 4 sqrt(n) leaves (4,096 at 1M), so a leaf holds a few
+    hundred items, the size at which faiss's list scan runs at full speed: about 2 sqrt(leaves)
+    top nodes (a power of two), each split into the rest."""
+    leaves = 4 * math.sqrt(n)
+    top = 2 ** round(math.log2(2 * math.sqrt(leaves)))
+    return [top, max(2, 2 ** round(math.log2(leaves / top)))]
 
 
 def build_index(
@@ -613,8 +624,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--kmeans",
         choices=["residual", "hierarchical"],
-        default="residual",
+        default="hierarchical",
         help="how the post-hoc index is fitted",
+    )
+    p.add_argument(
+        "--dot-levels",
+        default="",
+        help="dot product: nodes per level per corpus size, as --levels; default: about\n"
+        "4 sqrt(n) leaves in two levels (dot_levels)",
     )
     p.add_argument(
         "--node-embedding",
@@ -649,9 +666,11 @@ def parse_args() -> argparse.Namespace:
         p.error(f"--workloads takes mol, dot or both, got {args.workloads}")
     levels = [int_list(s) for s in args.levels.split(";") if s.strip()]
     args.levels = levels or [default_levels(n) for n in args.sizes]
+    dot = [int_list(s) for s in args.dot_levels.split(";") if s.strip()]
+    args.dot_levels = dot or [dot_levels(n) for n in args.sizes]
     args.nlists = args.nlists or [2 ** round(math.log2(2 * math.sqrt(n))) for n in args.sizes]
-    if len(args.levels) != len(args.sizes) or len(args.nlists) != len(args.sizes):
-        p.error("--levels and --nlists need one entry per corpus size")
+    if len({len(args.sizes), len(args.levels), len(args.dot_levels), len(args.nlists)}) != 1:
+        p.error("--levels, --dot-levels and --nlists need one entry per corpus size")
     if min(args.queries, args.exhaustive_queries, args.repeats, args.threads) < 1:
         p.error("--queries, --exhaustive-queries, --repeats and --threads must be positive")
     return args
@@ -703,13 +722,15 @@ def main() -> None:
         "sizes": [],
         "complete": False,
     }
-    for n, levels, nlist in zip(args.sizes, args.levels, args.nlists, strict=True):
-        print(f"== {n:,} items, levels {levels}, nlist {nlist}", flush=True)
+    for n, levels, d_levels, nlist in zip(
+        args.sizes, args.levels, args.dot_levels, args.nlists, strict=True
+    ):
+        print(f"== {n:,} items, levels {levels} (dot {d_levels}), nlist {nlist}", flush=True)
         result: dict[str, Any] = {"n_items": n}
         if "mol" in args.workloads:
             result["mol"] = run_mol(n, levels, args)
         if "dot" in args.workloads:
-            result["dot"] = run_dot(n, levels, nlist, args)
+            result["dot"] = run_dot(n, d_levels, nlist, args)
         payload["sizes"].append(result)
         payload["summary"] = summary(payload["sizes"])
         atomic_write_json(args.output, payload)
