@@ -44,6 +44,18 @@ def test_eval_with_a_beam_over_every_node_equals_exhaustive(run_with_index, tmp_
     assert json.loads(narrow.read_text())["items_scored_fraction"] < 0.2
 
 
+def test_build_a_hierarchical_kmeans_index(run_with_index, tmp_path, capsys):
+    out = tmp_path / "hkm"
+    argv = ["index", "build", "--run", str(run_with_index), "--levels", "8,4", "--out", str(out)]
+    assert main([*argv, "--kmeans", "hierarchical", "--beam", "1000"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["assign"] == "centroids" and manifest["node_embedding"] == "centroids"
+    capsys.readouterr()
+    bad = [*argv, "--kmeans", "hierarchical", "--node-embedding", "codewords"]
+    assert main(bad) == 2
+    assert "scores nodes at their centroids" in capsys.readouterr().err
+
+
 def test_retrieve_through_the_index(run_with_index, capsys):
     argv = ["retrieve", "--run", str(run_with_index), "--users", "0,3", "--k", "4"]
     assert main([*argv, "--index", "--beam", "2"]) == 0

@@ -31,9 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = isub.add_parser(
         "build",
         help="build an index over a run's items and save it with the model",
-        description="posthoc: residual k-means (faiss) over the trained item embeddings. joint / "
-        "em: the codebooks the run learned with the model (train with index.method = joint or "
-        "em). The index folder holds the model too, so it serves on its own.",
+        description="posthoc: residual (or, with --kmeans hierarchical, hierarchical) k-means "
+        "(faiss) over the trained item embeddings. joint / em: the codebooks the run learned "
+        "with the model (train with index.method = joint or em). The index folder holds the "
+        "model too, so it serves on its own.",
     )
     b.add_argument("--run", required=True, help="run folder written by `hirex train`")
     b.add_argument(
@@ -43,6 +44,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument(
         "--levels", help="posthoc: codewords per level, e.g. 64,16 (default: the run's config)"
+    )
+    b.add_argument(
+        "--kmeans",
+        choices=["residual", "hierarchical"],
+        help="posthoc: residual k-means (shared codebooks) or k-means inside every node "
+        "(default: the run's index.kmeans)",
+    )
+    b.add_argument(
+        "--node-embedding",
+        choices=["centroids", "codewords"],
+        help="what a node is scored at: the mean of its items or its codeword sum (default: "
+        "the run's index.node_embedding)",
     )
     b.add_argument("--out", help=f"index folder (default: <run>/{INDEX_DIR})")
     b.add_argument("--beam", help="also evaluate on the test split with this beam, e.g. 8 or 8,16")
@@ -75,7 +88,12 @@ def run_build(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--levels {args.levels!r}: give integers like 64,16") from None
         cfg = dataclasses.replace(cfg, levels=levels)
-    cfg = dataclasses.replace(cfg, method=method)
+    cfg = dataclasses.replace(
+        cfg,
+        method=method,
+        kmeans=args.kmeans or cfg.kmeans,
+        node_embedding=args.node_embedding or cfg.node_embedding,
+    )
     codebooks = None
     if method in ("joint", "em"):
         if r.config.index.method != method or not (r.path / CODEBOOKS).exists():
