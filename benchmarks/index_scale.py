@@ -605,7 +605,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--beams",
         type=lambda s: [b.strip() for b in s.split(";") if b.strip()],
-        default="8;12;16;20;24;32;48;64;96;128;256",
+        default="4;5;6;7;8;12;16;20;24;32;48;64;96;128;256",
         help="beam widths, ';'-separated; each one width or one per level (e.g. 16,64)",
     )
     p.add_argument(

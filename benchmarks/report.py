@@ -149,7 +149,8 @@ def scale_table(result: dict, name: str = "index_scale") -> str:
                     if scorer == "dot" and any(r["method"] == "faiss hnsw" for r in rows)
                     else ""
                 )
-                + f" | {build['seconds']:.1f} s, peak {build['memory_gib']['peak']:.2f} GiB"
+                + f" | {build.get('kmeans', 'residual')} k-means, levels {build['levels']}, "
+                f"{build['seconds']:.1f} s, peak {build['memory_gib']['peak']:.2f} GiB"
                 + (
                     f" (+ {build['faiss_lists']['seconds']:.1f} s faiss lists)"
                     if "faiss_lists" in build
