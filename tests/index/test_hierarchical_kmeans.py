@@ -125,5 +125,9 @@ def test_bad_combinations_are_clear_errors(tiny_set_data):
         build_index(model, cfg)
     index = HierarchicalIndex(cb, items, codes, assign="centroids")
     index.remove_items(np.arange(len(items)))
+    before = index.item_emb.clone()
+    with pytest.raises(ValueError, match="no non-empty node"):
+        index.add_items(items[:1] + 1.0, ids=np.array([0]))
     with pytest.raises(ValueError, match="no non-empty node"):
         index.add_items(items[:1])
+    assert torch.equal(index.item_emb, before) and index.n_items == len(items)  # nothing changed

@@ -11,7 +11,8 @@ contiguous range (``child_ptr``) and the items of a bottom node are one contiguo
 ``members`` (``member_ptr``): search gathers ranges, it never loops over nodes in Python.
 
 Items come and go without retraining: ``add_items`` assigns a new embedding to a path with the
-learned codebooks, ``remove_items`` deactivates items.  A node stays in the structure when its last
+learned codebooks (or, for hierarchical k-means paths, down the nearest node centroids),
+``remove_items`` deactivates items.  A node stays in the structure when its last
 item leaves (it is skipped by search while empty) and can take items again later.
 """
 
@@ -153,7 +154,6 @@ class HierarchicalIndex:
         An id that exists already gets the new embedding and path (an update).  Returns the ids.
         """
         emb = emb.detach().to(self.item_emb.device, self.item_emb.dtype)
-        self._changed()
         if emb.ndim != 3 or emb.shape[1:] != self.item_emb.shape[1:]:
             raise ValueError(
                 f"item embeddings must be (M, {self.item_emb.shape[1]}, {self.item_emb.shape[2]})"
@@ -167,6 +167,8 @@ class HierarchicalIndex:
             raise ValueError(f"ids must be {m} non-negative integers, one per embedding")
         if len(np.unique(ids)) != m:
             raise ValueError("ids must not repeat within one add_items call")
+        new_codes = self.paths_for(emb)  # before any change: a refusal here changes nothing
+        self._changed()
         grow = int(ids.max()) + 1 - self.n_items if m else 0
         if grow > 0:
             self._grow(self.n_items + grow)
@@ -181,7 +183,7 @@ class HierarchicalIndex:
                     rows = torch.cat([rows, rows.new_zeros(grow, *rows.shape[1:])])
                 rows[t_ids] = compute(emb)
                 self._row_cache[name] = (version, compute, rows)
-        self.codes[torch.from_numpy(ids)] = self.paths_for(emb)
+        self.codes[torch.from_numpy(ids)] = new_codes
         self.active[ids] = True
         new_nodes = False
         for level in range(len(self.sizes)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import faiss
 import numpy as np
 import torch
 
@@ -105,9 +106,7 @@ def beam_search(
             None if exclude_ids is None else exclude_ids[start:stop],
         )
         if use_faiss:
-            items, nodes_scored, items_scored = _faiss_candidates(
-                model, index, u, widths, k, rows, cols
-            )
+            items, nodes_scored, items_scored = _faiss_candidates(index, u, widths, k, rows, cols)
             valid = items >= 0
         else:
             kept, _, nodes_scored = descend(model, index, u, widths, len(levels), item_chunk)
@@ -149,7 +148,6 @@ def resolve_scan(model: RetrievalModel, scan: str = "auto") -> Literal["torch", 
 
 
 def _faiss_candidates(
-    model: RetrievalModel,
     index: HierarchicalIndex,
     u: torch.Tensor,
     widths: tuple[int, ...],
@@ -161,8 +159,6 @@ def _faiss_candidates(
     (-1 padded; the caller drops the excluded (rows, cols) pairs and rescores with the model),
     nodes scored (B,) and eligible items under the kept leaves (B,), as the torch scan counts
     them (the faiss scan also scores the excluded ones, then they are dropped)."""
-    import faiss
-
     faiss.omp_set_num_threads(torch.get_num_threads())
     lists = DotLists.of(index)
     spare = int(np.bincount(rows).max()) if len(rows) else 0
