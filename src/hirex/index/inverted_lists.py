@@ -133,8 +133,10 @@ class DotLists:
         Returns item ids (B, k) (-1 padded), their inner products (B, k) (-inf padded), the
         kept leaves (B, W) (-1 padded), nodes scored (B,) and items scored (B,)."""
         b = u.shape[0]
-        s = u_nodes[0] @ self.top.T
-        s[:, ~self.top_nonempty] = -np.inf
+        # torch, not numpy, for the product: it runs on torch's threads (numpy's BLAS keeps a
+        # pool of its own that competes with them).
+        s = torch.from_numpy(u_nodes[0]) @ torch.from_numpy(self.top).T
+        s[:, torch.from_numpy(~self.top_nonempty)] = float("-inf")
         nodes = np.full(b, int(self.top_nonempty.sum()), np.int64)
         kept = _top(s, widths[0])
         for level, ivf in enumerate(self.ivfs[:-1]):
@@ -180,9 +182,9 @@ def _scan(
     return dist, labels
 
 
-def _top(s: np.ndarray, width: int) -> np.ndarray:
+def _top(s: torch.Tensor, width: int) -> np.ndarray:
     """(B, n) scores -> (B, min(width, n)) column ids of the best, -1 where -inf."""
-    t = torch.topk(torch.from_numpy(s), min(width, s.shape[1]), dim=1)
+    t = torch.topk(s, min(width, s.shape[1]), dim=1)
     ids = t.indices.numpy()
     return np.where(np.isinf(t.values.numpy()), -1, ids)
 
