@@ -236,14 +236,7 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
         )
         print(rows[-1], flush=True)
         for j, node_embedding in enumerate(args.node_embeddings.split(",")):
-            searched = HierarchicalIndex(
-                index.codebooks,
-                index.item_emb,
-                index.codes,
-                index.active,
-                index.node_keys,
-                node_embedding=node_embedding,
-            )
+            searched = index.with_node_embedding(node_embedding)
             label = method if j == 0 else f"{method} ({node_embedding})"
             beam_rows(model, searched, ds, ks, beams_list, label, metric, ex, rows)
         if method == "posthoc":

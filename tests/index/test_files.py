@@ -53,14 +53,8 @@ def test_round_trip_gives_the_same_search(built, tmp_path):
 @pytest.mark.parametrize("node_embedding", HierarchicalIndex.NODE_EMBEDDINGS)
 def test_node_embedding_travels_with_the_index(built, tmp_path, node_embedding):
     ds, model, index = built
-    index = HierarchicalIndex(
-        index.codebooks,
-        index.item_emb,
-        index.codes,
-        index.active,
-        index.node_keys,
-        node_embedding=node_embedding,
-    )
+    index = index.with_node_embedding(node_embedding)
+    assert index.node_embedding == node_embedding
     save_index(tmp_path / "ix", index, model)
     _, loaded = load_index(tmp_path / "ix")
     assert loaded.node_embedding == node_embedding

@@ -196,6 +196,19 @@ class HierarchicalIndex:
             self._update_derived(ids, old_codes, was_active)
         return ids
 
+    def with_node_embedding(self, node_embedding: str) -> HierarchicalIndex:
+        """The same items, paths, activity and nodes with nodes scored at ``node_embedding``: a
+        new index over the same item memory (e.g. to compare centroids with codewords)."""
+        return HierarchicalIndex(
+            self.codebooks,
+            self.item_emb,
+            self.codes,
+            self.active.copy(),
+            self.node_keys,
+            node_embedding=node_embedding,
+            assign=self.assign,
+        )
+
     @torch.no_grad()
     def paths_for(self, emb: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
         """emb: (M, Q, D) -> (M, L) int64 codes, the paths ``add_items`` gives these embeddings
