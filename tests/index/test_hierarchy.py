@@ -221,3 +221,23 @@ def test_appending_items_one_by_one_keeps_every_earlier_item():
     assert torch.equal(fresh.codes, index.codes)
     for a, b in zip(_derived(index), _derived(fresh), strict=True):
         assert np.array_equal(a, b)
+
+
+def test_patch_records_are_kept_only_while_a_cached_state_needs_them():
+    """Without values in cached_state, live changes keep no per-change records (a service
+    changing items for days must not grow them); with one, records go once it is current."""
+    items, _ = clustered_items(n_clusters=4, per=25)
+    cb = ResidualCodebooks([4, 3], 1, 8)
+    cb.fit_kmeans(items, seed=0)
+    index = HierarchicalIndex(cb, items.clone())
+    _ = index.levels
+    for i in range(20):
+        index.add_items(items[i : i + 1] * 1.001, ids=np.array([i]))
+    assert index._patched == {}
+    seen = []
+    index.cached_state("n", lambda: 0, lambda value, touched: seen.append(touched))
+    for i in range(5):
+        index.add_items(items[i : i + 1] * 1.002, ids=np.array([i]))
+    assert len(index._patched) == 5
+    index.cached_state("n", lambda: 0, lambda value, touched: seen.append(touched))
+    assert len(seen) == 1 and index._patched == {}

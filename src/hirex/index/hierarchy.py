@@ -322,7 +322,8 @@ class HierarchicalIndex:
                 lv.representative[node] = _nearest(flat, sub, lv.emb[node].reshape(-1))
         if centroids:
             self._cache = {}  # per-node values (e.g. the scorer's node side) saw the old means
-        self._patched[self._version] = touched
+        if self._state_cache:  # kept only while some cached state may need the patch
+            self._patched[self._version] = touched
 
     def _node_centroid(
         self, flat: torch.Tensor, sub: np.ndarray, level: int, key: int
