@@ -186,3 +186,33 @@ def test_a_sequence_model_is_served_like_the_library_ranks_it(tmp_path):
     (adhoc,) = svc.retrieve([Query(history=last, k=7, keep_seen=True)])
     (known,) = svc.retrieve([Query(user=4, k=7, keep_seen=True)])
     assert adhoc.items == known.items  # the same last five items: the same ranking
+
+
+def test_a_hierarchical_kmeans_index_takes_live_changes(served_run, tmp_path):
+    """A dot model over a hierarchical k-means index (faiss scan, centroid descent for new
+    items): live puts and deletes are searched like beam_search over the changed index, and a
+    reopened service replays them."""
+    from hirex.index.search import beam_search
+
+    ix = tmp_path / "hkm"
+    argv = ["index", "build", "--run", str(served_run), "--levels", "8,4", "--out", str(ix)]
+    assert main([*argv, "--kmeans", "hierarchical"]) == 0
+    svc = RetrievalService.open(served_run, index=ix, state_dir=tmp_path / "s", beam=3)
+    assert svc.index.assign == "centroids"
+    near = svc.index.item_emb[5, 0] * 1.01
+    svc.put_item(10_000, embedding=near[None].tolist())
+    svc.delete_item(svc.items.raw[7])
+    users = np.arange(20)
+    want = beam_search(svc.model, svc.index, users, svc.history, 6, 3, exclude=svc.history)
+    got = svc.retrieve([Query(user=svc.users.raw[int(u)], k=6) for u in users])
+    for b, r in enumerate(got):
+        ids = want.topk.ids[b]
+        assert r.items == [svc.items.raw[i] for i in ids[ids >= 0].tolist()]
+    new = svc.items.lookup[10_000]
+    assert np.array_equal(
+        svc.index.item_keys(1, np.array([new])), svc.index.item_keys(1, np.array([5]))
+    )
+    svc.close()
+    again = RetrievalService.open(served_run, index=ix, state_dir=tmp_path / "s", beam=3)
+    assert again.retrieve([Query(user=svc.users.raw[2], k=6)]) == [got[2]]
+    again.close()
