@@ -126,13 +126,15 @@ class DotLists:
         self.list_sizes.append(np.bincount(lists, minlength=len(heads)).astype(np.int64))
 
     def search(
-        self, u_nodes: list[np.ndarray], u: np.ndarray, widths: tuple[int, ...], k: int
+        self, u_nodes: list[torch.Tensor], u: torch.Tensor, widths: tuple[int, ...], k: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """u_nodes: per level, (B, D) float32 users as that level's scorer sees them
+        """u_nodes: per level, (B, D) users as that level's scorer sees them
         (``ResidualCodebooks.map_user``); u: (B, D) the users as the model scores items.
         Returns item ids (B, k) (-1 padded), their inner products (B, k) (-inf padded), the
         kept leaves (B, W) (-1 padded), nodes scored (B,) and items scored (B,)."""
         b = u.shape[0]
+        u_nodes = [_f32(x) for x in u_nodes]
+        u = _f32(u)
         # torch, not numpy, for the product: it runs on torch's threads (numpy's BLAS keeps a
         # pool of its own that competes with them).
         s = torch.from_numpy(u_nodes[0]) @ torch.from_numpy(self.top).T

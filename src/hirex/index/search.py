@@ -162,8 +162,8 @@ def _faiss_candidates(
     faiss.omp_set_num_threads(torch.get_num_threads())
     lists = DotLists.of(index)
     spare = int(np.bincount(rows).max()) if len(rows) else 0
-    u_nodes = [_f32(index.codebooks.map_user(u, lv)[:, 0]) for lv in range(len(index.sizes))]
-    ids, _, kept, nodes, items = lists.search(u_nodes, _f32(u[:, 0]), widths, k + spare)
+    u_nodes = [index.codebooks.map_user(u, lv)[:, 0] for lv in range(len(index.sizes))]
+    ids, _, kept, nodes, items = lists.search(u_nodes, u[:, 0], widths, k + spare)
     if len(rows):
         # Excluded pairs (each counted once) whose item lies under a kept leaf of its row.
         n = max(index.n_items, int(cols.max()) + 1)
@@ -176,10 +176,6 @@ def _faiss_candidates(
         hit = (leaf >= 0) & np.isin(rows * n_leaves + leaf, kept_keys)
         items = items - np.bincount(rows[hit], minlength=len(items))
     return torch.from_numpy(ids), torch.from_numpy(nodes), torch.from_numpy(items)
-
-
-def _f32(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().float().cpu().numpy())
 
 
 @torch.no_grad()
