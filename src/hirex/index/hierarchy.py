@@ -222,7 +222,8 @@ class HierarchicalIndex:
             x = flat[c0 : c0 + chunk]
             node = None
             for level, lv in enumerate(levels):
-                if level == 0:
+                nodes_emb = lv.emb.reshape(len(lv.keys), -1)
+                if level == 0:  # every top node: one product, no gather
                     cand = np.broadcast_to(np.arange(len(lv.keys)), (len(x), len(lv.keys)))
                 else:
                     cand = _children(node, levels[level - 1].child_ptr)
@@ -232,8 +233,11 @@ class HierarchicalIndex:
                         "no non-empty node to put an item under: the index has no active "
                         "items left; rebuild it"
                     )
-                e = lv.emb.reshape(len(lv.keys), -1)[torch.from_numpy(cand.clip(0)).to(x.device)]
-                d = (e * e).sum(-1) - 2 * torch.einsum("mcd,md->mc", e, x)
+                if level == 0:
+                    d = (nodes_emb * nodes_emb).sum(-1)[None] - 2 * x @ nodes_emb.T
+                else:
+                    e = nodes_emb[torch.from_numpy(cand.clip(0)).to(x.device)]
+                    d = (e * e).sum(-1) - 2 * torch.einsum("mcd,md->mc", e, x)
                 d = d.masked_fill(~torch.from_numpy(ok).to(x.device), float("inf"))
                 pick = d.argmin(1).cpu().numpy()
                 node = cand[np.arange(len(x)), pick]
