@@ -36,6 +36,10 @@ class DataConfig:
     synthetic_users: int = 5000
     synthetic_items: int = 2000
     synthetic_kind: Literal["set", "sequence"] = "set"
+    cold_start_fraction: float = 0.0
+    """Hold this share of items (seeded by ``seed``) out of training: their interactions leave
+    the train and valid histories, their text stays; metrics then also report the test targets
+    that are held-out items (``cold_start``).  0: no cold-start items."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,54 @@ class TTTConfig:
 
 
 @dataclass(frozen=True)
+class SidConfig:
+    """Semantic IDs learned from item text (``hirex sid fit``), LMIndexer and the baselines."""
+
+    method: Literal[
+        "lmindexer", "rqvae", "rq_kmeans", "hierarchical_kmeans", "random", "hill_paths"
+    ] = "lmindexer"
+    encoder: Literal["minilm", "tfidf"] = "minilm"
+    """Text encoder: minilm (pretrained all-MiniLM-L6-v2 shipped in a package) or tfidf (TF-IDF
+    + SVD fitted on the catalogue, no pretraining)."""
+    levels: tuple[int, ...] = (256, 256, 256)
+    """Codes per position; a disambiguation position is added after them."""
+    missing_text: Literal["error", "placeholder"] = "error"
+    """Items without text: an error naming them, or the text "[no text]" (they then share codes
+    and differ only in their disambiguation code)."""
+    max_tokens: int = 32
+    """Tokens of each item's text kept (encoder input and LMIndexer's reconstruction target)."""
+    epochs: int = 15
+    """LMIndexer: epochs per position; RQ-VAE: ten times this many epochs."""
+    dim: int = 128
+    """LMIndexer's hidden width."""
+    lr: float = 0.002
+    seed: int = 0
+    run: str = ""
+    """hill_paths: the run folder whose hierarchical index (<run>/index) gives the paths."""
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Generative retrieval over semantic IDs; ``hirex train`` trains it when ``ids`` is set.
+    Optimisation uses [train] (lr, batch_size, epochs, patience, seed, device, num_threads)."""
+
+    ids: str = ""
+    """A semantic-ID folder from ``hirex sid fit``; empty: train a scoring model instead."""
+    dim: int = 64
+    layers: int = 2
+    """Encoder and decoder layers each."""
+    heads: int = 4
+    ff: int = 256
+    dropout: float = 0.1
+    max_history: int = 20
+    """Most recent history items the encoder reads."""
+    beam: int = 20
+    """Beam width of the constrained search (at least k is used)."""
+    valid_users: int = 0
+    """Validate each epoch on this many evenly spaced users (0: all), for a cheaper epoch."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -212,6 +264,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
+    sid: SidConfig = field(default_factory=SidConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
 
 class ConfigError(ValueError):
@@ -252,6 +306,8 @@ _SECTIONS = {
     "eval": EvalConfig,
     "index": IndexConfig,
     "ttt": TTTConfig,
+    "sid": SidConfig,
+    "generator": GeneratorConfig,
 }
 
 
@@ -346,6 +402,19 @@ def validate_config(cfg: RunConfig) -> None:
         )
     if not tc.beam or min(tc.beam) < 1:
         raise ConfigError("ttt.beam must be one width, or one per level, each >= 1")
+    sc, gc = cfg.sid, cfg.generator
+    if not 1 <= len(sc.levels) <= 6 or min(sc.levels) < 2:
+        raise ConfigError(f"sid.levels must be 1 to 6 codebook sizes >= 2, got {list(sc.levels)}")
+    if min(sc.max_tokens, sc.epochs, sc.dim) < 1 or sc.lr <= 0:
+        raise ConfigError("sid.max_tokens, sid.epochs and sid.dim must be >= 1, sid.lr > 0")
+    if min(gc.dim, gc.layers, gc.heads, gc.ff, gc.max_history, gc.beam) < 1 or gc.valid_users < 0:
+        raise ConfigError("generator: dim, layers, heads, ff, max_history and beam must be >= 1")
+    if gc.dim % gc.heads:
+        raise ConfigError(f"generator.dim ({gc.dim}) must divide by generator.heads")
+    if not 0 <= gc.dropout < 1:
+        raise ConfigError("generator.dropout must lie in [0, 1)")
+    if cfg.data.cold_start_fraction and not 0 < cfg.data.cold_start_fraction < 1:
+        raise ConfigError("data.cold_start_fraction must lie in [0, 1)")
     if cfg.model.user_encoder == "none" and not cfg.model.use_user_id:
         raise ConfigError(
             "model.user_encoder = 'none' needs model.use_user_id = true: the user tower "

@@ -7,11 +7,17 @@
 <run>/codebooks.safetensors    index codebooks learned with the model (index.method joint / em)
 <run>/index/                   the hierarchical index with its model (index.method != none)
 <run>/user_ids.json, item_ids.json   original ids, when the data had them
+
+A generative run (``generator.ids`` set) holds, instead of the model and index:
+
+<run>/ids/                     the semantic IDs it generates (a copy of generator.ids)
+<run>/generator/               the trained generator (manifest + safetensors)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,19 +27,34 @@ from hirex.atomic_files import atomic_write_json
 from hirex.config import DataConfig, RunConfig, load_config, save_config
 from hirex.data.interactions import Dataset
 from hirex.data.registry import load_dataset
+from hirex.data.splits import cold_start_targets, hold_out_items
+from hirex.eval.protocols import evaluate_ranker
 from hirex.eval.protocols import evaluate_index
 from hirex.index.build import build_index
 from hirex.index.files import save_index
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
+from hirex.semantic_ids.files import load_generator, load_ids, save_ids
+from hirex.semantic_ids.ids import catalogue_fingerprint
+from hirex.semantic_ids.retriever import GenerativeRetriever
+from hirex.train.generative import GENERATOR_DIR, GeneratorResult, train_generator
 from hirex.train.trainer import MODEL, TrainResult, eval_ks, evaluate_split, train_model
 
 METRICS_FORMAT = "hirex-metrics"
 METRICS_VERSION = 1
 INDEX_DIR = "index"
+IDS_DIR = "ids"
 
 
 def dataset_from_config(cfg: DataConfig) -> Dataset:
-    """Load the dataset a DataConfig names, with its split options."""
+    """Load the dataset a DataConfig names, with its split options (and cold-start items held
+    out when ``cold_start_fraction`` > 0)."""
+    dataset = _load_named(cfg)
+    if cfg.cold_start_fraction:
+        dataset = hold_out_items(dataset, cfg.cold_start_fraction, seed=cfg.seed)
+    return dataset
+
+
+def _load_named(cfg: DataConfig) -> Dataset:
     if cfg.name == "synthetic":
         return load_dataset(
             "synthetic",
@@ -73,6 +94,13 @@ def finish_run(
     }
     if cfg.index.method != "none":
         report["index"] = index_run(cfg, dataset, result, out)
+    if dataset.cold_items is not None:
+        cold = cold_start_targets(dataset)
+        report["cold_start"] = {
+            "items": len(dataset.cold_items),
+            "test_users": int(len(cold.test.active_users())),
+            "test": evaluate_split(cfg, result.model, cold, "test").metrics,
+        }
     atomic_write_json(out / "metrics.json", report)
     if dataset.user_ids is not None:
         dataset.user_ids.save(out / "user_ids.json")
@@ -110,17 +138,71 @@ def index_run(
     }
 
 
+def generative_run(
+    cfg: RunConfig, dataset: Dataset, out: str | os.PathLike, *, progress: bool
+) -> tuple[GeneratorResult, dict[str, Any]]:
+    """Train a generator over the semantic IDs ``cfg.generator.ids`` into the run folder
+    ``out`` (resumable), evaluate it on the test split, and write metrics.json."""
+    out = Path(out)
+    catalogue = catalogue_fingerprint(_item_raw(dataset))
+    source = Path(cfg.generator.ids)
+    run_ids = out / IDS_DIR
+    ids = load_ids(run_ids if run_ids.exists() else source, catalogue)
+    if not run_ids.exists():
+        save_ids(run_ids, ids)
+    result = train_generator(cfg, dataset, ids, out, progress=progress)
+    ks = eval_ks(cfg, dataset)
+    test = evaluate_ranker(result.retriever.ranker(), dataset, "test", ks)
+    report = {
+        "format": METRICS_FORMAT,
+        "version": METRICS_VERSION,
+        "dataset": dataset.summary(),
+        "model": "generative",
+        "ids": {"method": ids.method, **ids.info.get("stats", {})},
+        "best_epoch": result.best_epoch + 1,
+        "valid": result.best_valid,
+        "test": test.metrics,
+        "test_users": test.n_users,
+        "train_seconds": round(result.train_seconds, 2),
+        "generative_users_per_second": round(test.users_per_second, 1),
+        "epochs": result.epochs,
+    }
+    if dataset.cold_items is not None:
+        cold = cold_start_targets(dataset)
+        report["cold_start"] = {
+            "items": len(dataset.cold_items),
+            "test_users": int(len(cold.test.active_users())),
+            "test": evaluate_ranker(result.retriever.ranker(), cold, "test", ks).metrics,
+        }
+    atomic_write_json(out / "metrics.json", report)
+    if dataset.user_ids is not None:
+        dataset.user_ids.save(out / "user_ids.json")
+    if dataset.item_ids is not None:
+        dataset.item_ids.save(out / "item_ids.json")
+    return result, report
+
+
+def _item_raw(dataset: Dataset) -> list:
+    return dataset.item_ids.raw.tolist() if dataset.item_ids is not None else list(
+        range(dataset.n_items)
+    )
+
+
 @dataclass(frozen=True)
 class Run:
     path: Path
     config: RunConfig
-    model: RetrievalModel
+    model: RetrievalModel | None
+    """None for a generative run, which ranks with ``retriever``."""
     dataset: Dataset
+    retriever: GenerativeRetriever | None = None
 
 
 def load_run(path: str | os.PathLike, device: str = "auto") -> Run:
     """Reload a finished run: its config, its model and the data it was trained on."""
     path = Path(path)
+    if (path / "config.toml").exists() and (path / GENERATOR_DIR).exists():
+        return _load_generative_run(path, device)
     if not (path / "config.toml").exists() or not (path / MODEL).exists():
         raise FileNotFoundError(
             f"{path} is not a finished hirex run (needs config.toml and {MODEL}); "
@@ -137,6 +219,26 @@ def load_run(path: str | os.PathLike, device: str = "auto") -> Run:
     return Run(path, cfg, model, dataset)
 
 
+def load_scoring_run(path: str | os.PathLike, device: str, what: str) -> Run:
+    """``load_run`` for commands that need a scoring model (index, TTT, the service)."""
+    run = load_run(path, device)
+    if run.model is None:
+        raise ValueError(
+            f"{path} is a generative run (semantic IDs): {what} needs a scoring model's run "
+            "(hirex train without generator.ids)"
+        )
+    return run
+
+
+def _load_generative_run(path: Path, device: str) -> Run:
+    cfg = load_config(path / "config.toml")
+    dataset = dataset_from_config(cfg.data)
+    ids = load_ids(path / IDS_DIR, catalogue_fingerprint(_item_raw(dataset)))
+    model = load_generator(path / GENERATOR_DIR, ids, resolve_device(device))
+    retriever = GenerativeRetriever(model, ids, cfg.generator.beam)
+    return Run(path, cfg, None, dataset, retriever)
+
+
 def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Path:
     """Create the run folder and write its config; refuse to mix configs in one folder."""
     out = Path(out)
@@ -150,6 +252,8 @@ def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Pa
             "codebooks.safetensors",
         ):
             (out / name).unlink(missing_ok=True)
+        for name in (IDS_DIR, GENERATOR_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
     saved = out / "config.toml"
     if saved.exists() and (out / "checkpoint.safetensors").exists():
         if load_config(saved) != cfg:
@@ -163,8 +267,10 @@ def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Pa
 
 def train_run(
     cfg: RunConfig, dataset: Dataset, out: str | os.PathLike, *, restart: bool, progress: bool
-) -> tuple[TrainResult, dict[str, Any]]:
+) -> tuple[TrainResult | GeneratorResult, dict[str, Any]]:
     """Prepare the run folder, train (resuming when it can), evaluate and write metrics.json."""
     out_dir = prepare_run_dir(cfg, out, restart)
+    if cfg.generator.ids:
+        return generative_run(cfg, dataset, out_dir, progress=progress)
     result = train_model(cfg, dataset, out_dir, progress=progress)
     return result, finish_run(cfg, dataset, result, out_dir)

@@ -84,6 +84,11 @@ def open_index(args: argparse.Namespace, run):
         if args.beam:
             raise ValueError("--beam needs --index")
         return None
+    if run.model is None:
+        raise ValueError(
+            f"{run.path} is a generative run: it retrieves by generating semantic IDs (its "
+            "beam width is generator.beam), not through a hierarchical index; drop --index"
+        )
     path = Path(args.index) if args.index else Path(run.path) / INDEX_DIR
     model, index = load_index(path, device=resolve_device(args.device))
     if (model.n_users, model.n_items) != (run.model.n_users, run.model.n_items):

@@ -6,7 +6,7 @@ import argparse
 
 from hirex.atomic_files import atomic_write_json
 from hirex.cli.common import add_index_options, beam_of, open_index, print_metrics
-from hirex.eval.protocols import evaluate, evaluate_index
+from hirex.eval.protocols import evaluate, evaluate_index, evaluate_ranker
 from hirex.runs import load_run
 from hirex.train.trainer import eval_ks
 
@@ -36,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
     r = load_run(args.run, args.device)
     ks = _parse_ks(args.ks) if args.ks else eval_ks(r.config, r.dataset)
     index = open_index(args, r)
-    if index is not None:
+    if r.retriever is not None:
+        ev = evaluate_ranker(
+            r.retriever.ranker(), r.dataset, args.split, ks, max_users=args.max_users
+        )
+    elif index is not None:
         ev = evaluate_index(
             index[0],
             index[1],

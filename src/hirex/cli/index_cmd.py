@@ -15,7 +15,7 @@ from hirex.index.build import build_index
 from hirex.index.codebooks import load_codebooks
 from hirex.index.files import load_index, read_manifest, save_index
 from hirex.index.hierarchy import HierarchicalIndex
-from hirex.runs import INDEX_DIR, load_run
+from hirex.runs import INDEX_DIR, load_scoring_run
 from hirex.train.trainer import CODEBOOKS, eval_ks
 
 
@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    r = load_run(args.run, args.device)
+    r = load_scoring_run(args.run, args.device, "a hierarchical index")
     cfg = r.config.index
     method = args.method or (cfg.method if cfg.method != "none" else "posthoc")
     if args.levels:

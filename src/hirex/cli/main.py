@@ -14,6 +14,7 @@ from hirex.cli import (
     index_cmd,
     retrieve_cmd,
     serve_cmd,
+    sid_cmd,
     train_cmd,
     ttt_cmd,
 )
@@ -26,6 +27,7 @@ SUBCOMMANDS = [
     index_cmd,
     ttt_cmd,
     serve_cmd,
+    sid_cmd,
     data_cmd,
 ]
 

@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     history = ds.history("test")
     exclude = None if args.keep_seen else history
     index = open_index(args, r)
-    if index is not None:
+    if r.retriever is not None:
+        top = r.retriever.topk(dense, history, args.k, exclude=exclude)
+    elif index is not None:
         model, ix = index
         top = beam_search(model, ix, dense, history, args.k, beam_of(args, r), exclude=exclude).topk
     else:

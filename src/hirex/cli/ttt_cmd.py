@@ -11,7 +11,7 @@ from hirex.config import apply_overrides, save_config
 from hirex.eval.protocols import evaluate, evaluate_index
 from hirex.index.files import load_index, save_index
 from hirex.models.retrieval_model import resolve_device
-from hirex.runs import INDEX_DIR, load_run
+from hirex.runs import INDEX_DIR, load_scoring_run
 from hirex.train.trainer import MODEL, eval_ks
 from hirex.ttt.finetune import test_time_train
 
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    r = load_run(args.run, args.device)
+    r = load_scoring_run(args.run, args.device, "test-time training")
     bad = [o for o in args.overrides if not o.startswith("ttt.")]
     if bad:
         raise ValueError(f"hirex ttt only takes [ttt] overrides; got {bad}")

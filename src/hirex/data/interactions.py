@@ -331,6 +331,8 @@ class Dataset:
     user_ids: IdMap | None = None
     item_ids: IdMap | None = None
     item_text: list[str] | None = None
+    cold_items: np.ndarray | None = None
+    """Dense ids of items held out of train and valid (``splits.hold_out_items``), or None."""
 
     @property
     def n_users(self) -> int:

@@ -16,13 +16,16 @@ using the same seed for two of them does not correlate their choices.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from hirex.data.interactions import DataError, IdMap, Interactions
+from hirex.data.interactions import DataError, Dataset, IdMap, Interactions
 
 # Distinct streams per protocol: default_rng([stream, seed]).
 _CARVE_STREAM = 0x5EED_CA12
 _HOLDOUT_STREAM = 0x5EED_401D
+_COLD_STREAM = 0x5EED_C01D
 
 
 def carve_validation(
@@ -129,3 +132,33 @@ def random_ranks(data: Interactions, rng: np.random.Generator) -> np.ndarray:
 def _random_holdout_mask(data: Interactions, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(nnz,) bool mask selecting ``k[u]`` entries of each user u uniformly at random."""
     return random_ranks(data, rng) < k[data.users()]
+
+
+def hold_out_items(dataset: Dataset, fraction: float, *, seed: int) -> Dataset:
+    """Cold start: a random ``fraction`` of the items leaves training.
+
+    Their interactions are removed from ``train`` and ``valid`` (so no model learns from them
+    and no history shows them); ``test`` and the item text are kept, so a test target may be an
+    item no model has seen interacted with.  ``cold_items`` records them;
+    ``cold_start_targets`` keeps only the test targets that are such items.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"the cold-start fraction must lie in (0, 1), got {fraction}")
+    rng = np.random.default_rng([_COLD_STREAM, seed])
+    n = dataset.n_items
+    cold = np.sort(rng.choice(n, max(1, int(round(fraction * n))), replace=False))
+    is_cold = np.zeros(n, bool)
+    is_cold[cold] = True
+    train = dataset.train.select_entries(~is_cold[dataset.train.items])
+    valid = dataset.valid.select_entries(~is_cold[dataset.valid.items])
+    return dataclasses.replace(dataset, train=train, valid=valid, cold_items=cold)
+
+
+def cold_start_targets(dataset: Dataset) -> Dataset:
+    """The dataset with only the test targets that are held-out items (see hold_out_items)."""
+    if dataset.cold_items is None:
+        raise ValueError("the dataset has no held-out items; set data.cold_start_fraction")
+    is_cold = np.zeros(dataset.n_items, bool)
+    is_cold[dataset.cold_items] = True
+    test = dataset.test.select_entries(is_cold[dataset.test.items])
+    return dataclasses.replace(dataset, test=test)

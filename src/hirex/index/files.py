@@ -12,11 +12,7 @@ truncated, corrupted, tampered or wrong-version file is a ValueError that names 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +20,17 @@ import numpy as np
 import torch
 from safetensors.torch import save
 
-from hirex.atomic_files import atomic_write_bytes, atomic_write_json
+from hirex.atomic_files import atomic_write_bytes
 from hirex.index.codebooks import ResidualCodebooks
 from hirex.index.hierarchy import HierarchicalIndex
+from hirex.manifest import MANIFEST, verify_files, write_artifact
+from hirex.manifest import read_manifest as read_artifact_manifest
 from hirex.models.retrieval_model import RetrievalModel, read_safetensors
 
 INDEX_FORMAT = "hirex-index"
 INDEX_VERSION = 1
-MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
 TENSORS_FILE = "index.safetensors"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _index_tensors(index: HierarchicalIndex) -> dict[str, torch.Tensor]:
@@ -64,78 +53,43 @@ def save_index(
     info: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``index`` and ``model`` to the folder ``path`` (replacing an index there)."""
-    path = Path(path)
-    if path.exists() and not (path / MANIFEST).exists():
-        raise FileExistsError(
-            f"{path} exists and is not a hirex index; choose another folder (nothing was written)"
-        )
     if index.item_emb.shape[1:] != (index.codebooks.q, index.codebooks.dim):
         raise ValueError("index item memory and codebooks disagree on the embedding shape")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    tensors = _index_tensors(index)
+
+    def write_files(tmp: Path) -> list[str]:
         model.save(tmp / MODEL_FILE)
-        tensors = _index_tensors(index)
         atomic_write_bytes(tmp / TENSORS_FILE, save(tensors))
-        manifest = {
-            "format": INDEX_FORMAT,
-            "version": INDEX_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "levels": index.sizes,
-            "q": index.codebooks.q,
-            "dim": index.codebooks.dim,
-            "n_items": index.n_items,
-            "n_active": index.n_active,
-            "node_embedding": index.node_embedding,
-            "assign": index.assign,
-            "tensors": {
-                k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
-                for k, v in tensors.items()
-            },
-            "files": {
-                name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-                for name in (MODEL_FILE, TENSORS_FILE)
-            },
-            "info": info or {},
-        }
-        atomic_write_json(tmp / MANIFEST, manifest)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+        return [MODEL_FILE, TENSORS_FILE]
+
+    fields = {
+        "levels": index.sizes,
+        "q": index.codebooks.q,
+        "dim": index.codebooks.dim,
+        "n_items": index.n_items,
+        "n_active": index.n_active,
+        "node_embedding": index.node_embedding,
+        "assign": index.assign,
+        "tensors": {
+            k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+            for k, v in tensors.items()
+        },
+        "info": info or {},
+    }
+    return write_artifact(
+        path, INDEX_FORMAT, INDEX_VERSION, write_files, fields, what="a hirex index"
+    )
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of the index folder ``path``, checked for format and version."""
-    path = Path(path)
-    if not path.is_dir():
+    if not Path(path).is_dir():
         raise FileNotFoundError(
             f"{path} is not an index folder (build one with `hirex index build`)"
         )
-    mpath = path / MANIFEST
-    if not mpath.exists():
-        raise ValueError(f"{path}: no {MANIFEST}; not a hirex index, or an interrupted write")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{mpath}: not valid JSON ({err}); rebuild the index") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
-        raise ValueError(f"{mpath}: not a {INDEX_FORMAT} manifest")
-    if manifest.get("version") != INDEX_VERSION:
-        raise ValueError(
-            f"{mpath}: index format version {manifest.get('version')!r}; this hirex reads "
-            f"version {INDEX_VERSION}. Rebuild the index with this version (hirex index build)."
-        )
-    return manifest
+    return read_artifact_manifest(
+        path, INDEX_FORMAT, INDEX_VERSION, what="a hirex index", fix="rebuild the index"
+    )
 
 
 def load_index(
@@ -144,23 +98,8 @@ def load_index(
     """Read the model and index written by ``save_index``, verifying every file first."""
     path = Path(path)
     manifest = read_manifest(path)
+    verify_files(path, manifest, [MODEL_FILE, TENSORS_FILE], "rebuild the index")
     try:
-        files = manifest["files"]
-        for name in (MODEL_FILE, TENSORS_FILE):
-            fpath, want = path / name, files[name]
-            if not fpath.exists():
-                raise ValueError(f"{fpath} is missing; rebuild the index")
-            size = fpath.stat().st_size
-            if size != want["bytes"]:
-                raise ValueError(
-                    f"{fpath} has {size} bytes, the manifest says {want['bytes']} (truncated or "
-                    "replaced); rebuild the index"
-                )
-            if _sha256(fpath) != want["sha256"]:
-                raise ValueError(
-                    f"{fpath} does not match its checksum in the manifest (corrupted or "
-                    "modified); rebuild the index"
-                )
         sizes, q, dim = (
             [int(k) for k in manifest["levels"]],
             int(manifest["q"]),

@@ -37,7 +37,7 @@ from hirex.index.hierarchy import HierarchicalIndex
 from hirex.index.search import beam_search, parse_beam, prepare_index
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
 from hirex.models.user_batch import UserBatch
-from hirex.runs import INDEX_DIR, load_run
+from hirex.runs import INDEX_DIR, load_scoring_run
 from hirex.serve.journal import Journal, JournalError
 from hirex.serve.rwlock import ReadWriteLock
 
@@ -226,7 +226,7 @@ class RetrievalService:
     ) -> RetrievalService:
         """Load a run (its data gives user histories and ids), its index (default
         ``<run>/index``) and the state of earlier changes, replaying the journal."""
-        r = load_run(run, "cpu")
+        r = load_scoring_run(run, "cpu", "the retrieval service")
         base = Path(index) if index is not None else Path(run) / INDEX_DIR
         state = Path(state_dir) if state_dir is not None else Path(run) / STATE_DIR
         manifest = read_manifest(base)  # a clear error when it is missing or not an index
