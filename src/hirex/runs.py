@@ -28,8 +28,7 @@ from hirex.config import DataConfig, RunConfig, load_config, save_config
 from hirex.data.interactions import Dataset
 from hirex.data.registry import load_dataset
 from hirex.data.splits import cold_start_targets, hold_out_items
-from hirex.eval.protocols import evaluate_ranker
-from hirex.eval.protocols import evaluate_index
+from hirex.eval.protocols import evaluate_index, evaluate_ranker
 from hirex.index.build import build_index
 from hirex.index.files import save_index
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
@@ -183,8 +182,10 @@ def generative_run(
 
 
 def _item_raw(dataset: Dataset) -> list:
-    return dataset.item_ids.raw.tolist() if dataset.item_ids is not None else list(
-        range(dataset.n_items)
+    return (
+        dataset.item_ids.raw.tolist()
+        if dataset.item_ids is not None
+        else list(range(dataset.n_items))
     )
 
 

@@ -53,4 +53,6 @@ def catalogue_dir(tmp_path_factory) -> Path:
 def catalogue(catalogue_dir):
     from hirex.data.sequences import load_sequences
 
-    return load_sequences(catalogue_dir / "sequences.txt", item_text_path=catalogue_dir / "item_text.txt")
+    return load_sequences(
+        catalogue_dir / "sequences.txt", item_text_path=catalogue_dir / "item_text.txt"
+    )

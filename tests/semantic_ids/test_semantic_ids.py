@@ -217,8 +217,11 @@ def test_items_without_text_are_refused_or_placeheld(catalogue):
     with pytest.raises(ValueError, match=r"1 of \d+ items have no text \(dense ids \[3\]\)"):
         fit_ids(texts, fingerprint(catalogue), SidConfig(method="rq_kmeans", encoder="tfidf",
                                                          levels=(6, 4)))  # fmt: skip
-    ids = fit_ids(texts, fingerprint(catalogue), SidConfig(
-        method="rq_kmeans", encoder="tfidf", levels=(6, 4), missing_text="placeholder"))
+    ids = fit_ids(
+        texts,
+        fingerprint(catalogue),
+        SidConfig(method="rq_kmeans", encoder="tfidf", levels=(6, 4), missing_text="placeholder"),
+    )
     assert ids.info["items_without_text"] == 1
 
 

@@ -65,7 +65,9 @@ def run_fit(args: argparse.Namespace) -> int:
         from hirex.runs import INDEX_DIR
 
         if not cfg.sid.run:
-            raise ValueError("sid.method = 'hill_paths' needs --set sid.run=RUN_FOLDER (with an index)")
+            raise ValueError(
+                "sid.method = 'hill_paths' needs --set sid.run=RUN_FOLDER (with an index)"
+            )
         _, index = load_index(Path(cfg.sid.run) / INDEX_DIR)
     raw = dataset.item_ids.raw if dataset.item_ids is not None else range(dataset.n_items)
     ids = fit_ids(

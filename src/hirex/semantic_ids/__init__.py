@@ -1,9 +1,9 @@
 """Semantic IDs learned from item text (LMIndexer and baselines) and generative retrieval.
 
-    ids = fit_ids(dataset.item_text, catalogue_fingerprint(dataset.item_ids.raw), SidConfig())
-    save_ids("ids/beauty-lmindexer", ids)
-    retriever = GenerativeRetriever(generator, ids)      # a trained SemanticIdGenerator
-    top = retriever.topk(users, history, k=10, exclude=history)   # TopK (U, 10)
+ids = fit_ids(dataset.item_text, catalogue_fingerprint(dataset.item_ids.raw), SidConfig())
+save_ids("ids/beauty-lmindexer", ids)
+retriever = GenerativeRetriever(generator, ids)      # a trained SemanticIdGenerator
+top = retriever.topk(users, history, k=10, exclude=history)   # TopK (U, 10)
 """
 
 from hirex.semantic_ids.assign import assign_from_text, fit_ids

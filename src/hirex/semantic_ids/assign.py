@@ -25,9 +25,7 @@ from hirex.semantic_ids.text_encoder import TfidfEncoder, check_texts, encode_te
 log = logging.getLogger(__name__)
 
 NO_TEXT = "[no text]"
-QUANTIZERS = {
-    cls.name: cls for cls in (RQKmeans, HierarchicalKmeans, RandomIds, RQVAE, LMIndexer)
-}
+QUANTIZERS = {cls.name: cls for cls in (RQKmeans, HierarchicalKmeans, RandomIds, RQVAE, LMIndexer)}
 
 
 def quantizer_from_tensors(name: str, tensors: dict[str, torch.Tensor], sizes: list[int]):  # noqa: ANN201
@@ -72,7 +70,7 @@ def assign_from_text(ids: SemanticIds, texts: list[str]) -> np.ndarray:
 def fit_ids(
     texts: list[str],
     catalogue: str,
-    cfg: SidConfig = SidConfig(),
+    cfg: SidConfig | None = None,
     *,
     index=None,  # noqa: ANN001
     device: str | torch.device = "cpu",
@@ -82,6 +80,7 @@ def fit_ids(
 
     texts: one non-empty string per dense item id.  index: a HierarchicalIndex over a trained
     retrieval model (hill_paths only; its levels replace ``cfg.levels``)."""
+    cfg = cfg or SidConfig()
     t0 = time.perf_counter()
     levels = list(cfg.levels)
     info: dict[str, Any] = {"max_tokens": cfg.max_tokens, "seed": cfg.seed}
@@ -114,7 +113,11 @@ def fit_ids(
         texts, cfg.encoder, tfidf=tfidf, max_tokens=cfg.max_tokens, device=device,
         progress=progress,
     )  # fmt: skip
-    info["encoder"] = {"name": enc.encoder, "sha256": enc.fingerprint, "dim": enc.embeddings.shape[1]}
+    info["encoder"] = {
+        "name": enc.encoder,
+        "sha256": enc.fingerprint,
+        "dim": enc.embeddings.shape[1],
+    }
     info["encode_seconds"] = round(time.perf_counter() - t0, 2)
     if len(texts) < max(levels):
         raise ValueError(

@@ -87,9 +87,7 @@ def load_ids(path: str | os.PathLike, catalogue: str | None = None) -> SemanticI
     from hirex.semantic_ids.assign import Assigner, quantizer_from_tensors
 
     path = Path(path)
-    manifest = read_manifest(
-        path, IDS_FORMAT, IDS_VERSION, what="a hirex semantic-ID", fix=IDS_FIX
-    )
+    manifest = read_manifest(path, IDS_FORMAT, IDS_VERSION, what="a hirex semantic-ID", fix=IDS_FIX)
     verify_files(path, manifest, [IDS_FILE], IDS_FIX)
     try:
         method, sizes = manifest["method"], tuple(int(k) for k in manifest["sizes"])
@@ -155,9 +153,11 @@ def load_generator(
         n = int(manifest["ids_items"])
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: malformed generator manifest ({err}); {GEN_FIX}") from err
-    if tuple(ids.sizes) != shape.sizes or ids.n_items < n or ids_fingerprint(ids, n) != manifest[
-        "ids_fingerprint"
-    ]:
+    if (
+        tuple(ids.sizes) != shape.sizes
+        or ids.n_items < n
+        or ids_fingerprint(ids, n) != manifest["ids_fingerprint"]
+    ):
         raise ValueError(
             f"{path}: this generator was trained on other semantic IDs than the ones given "
             f"({ids.method}, sizes {list(ids.sizes)}); use the IDs of its run folder, or "
@@ -167,5 +167,7 @@ def load_generator(
     try:
         model.load_state_dict(load_file(str(path / GEN_FILE)))
     except RuntimeError as err:
-        raise ValueError(f"{path / GEN_FILE}: weights do not match the manifest; {GEN_FIX}") from err
+        raise ValueError(
+            f"{path / GEN_FILE}: weights do not match the manifest; {GEN_FIX}"
+        ) from err
     return model.to(device).eval()

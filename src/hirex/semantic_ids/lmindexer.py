@@ -129,7 +129,9 @@ class LMIndexer(nn.Module):
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], sizes: list[int]) -> LMIndexer:
-        state = {k[len("lmindexer.") :]: v for k, v in tensors.items() if k.startswith("lmindexer.")}
+        state = {
+            k[len("lmindexer.") :]: v for k, v in tensors.items() if k.startswith("lmindexer.")
+        }
         dim, in_dim = state["proj.weight"].shape
         vocab = state["tok_emb.weight"].shape[0] - 2
         model = cls(in_dim, sizes, vocab, dim, state["pos_emb"].shape[0])
@@ -157,9 +159,7 @@ class LMIndexer(nn.Module):
         book = self.codebooks[t]
         e_t = (hard - soft.detach() + soft) @ book  # straight-through
         chosen = book[code]
-        vq = F.mse_loss(chosen, h.detach()) + cfg.commitment_weight * F.mse_loss(
-            h, chosen.detach()
-        )
+        vq = F.mse_loss(chosen, h.detach()) + cfg.commitment_weight * F.mse_loss(h, chosen.detach())
         # earlier positions keep their codes while the trunk trains
         keep = x.new_zeros(())
         for s in range(t):
@@ -253,7 +253,11 @@ def fit_lmindexer(
             if not math.isfinite(sums["loss"]):
                 raise ValueError("LMIndexer training diverged (loss not finite); lower sid.lr")
             current = _codes_at(model, x, codes, t)
-            dead = _reset_dead(model, x, codes, current, t, gen) if epoch < cfg.epochs_per_level - 1 else 0
+            dead = (
+                _reset_dead(model, x, codes, current, t, gen)
+                if epoch < cfg.epochs_per_level - 1
+                else 0
+            )
             so_far = np.concatenate([codes.numpy(), current[:, None]], 1)
             usage = code_usage(so_far[:, t : t + 1], [size])[0]
             row = {

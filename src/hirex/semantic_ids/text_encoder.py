@@ -55,7 +55,8 @@ def check_texts(texts: list[str], what: str = "items") -> None:
         raise ValueError(
             f"{len(empty)} of {len(texts)} {what} have no text (dense ids {empty[:5]}); "
             "semantic IDs are learned from item text: give every item a line in the item text "
-            "file (`itemID keyword text`), or drop those items"
+            "file (`itemID keyword text`), drop those items, or set "
+            "sid.missing_text = 'placeholder' to give them a shared placeholder text"
         )
 
 

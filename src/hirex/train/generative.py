@@ -174,7 +174,9 @@ def train_generator(
                  {k: round(v, 4) for k, v in valid.metrics.items()}, train_s)  # fmt: skip
         if valid.metrics[metric] > state["best"]:
             state.update(best=valid.metrics[metric], best_epoch=epoch, bad=0)
-            save_generator(out / GENERATOR_DIR, model, ids, {"epoch": epoch + 1, metric: state["best"]})
+            save_generator(
+                out / GENERATOR_DIR, model, ids, {"epoch": epoch + 1, metric: state["best"]}
+            )
         else:
             state["bad"] += 1
         state["epoch"] = epoch + 1
