@@ -272,6 +272,50 @@ def updates_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def sid_table(r: dict) -> str:
+    """Generative retrieval per dataset x ID method, beside hirex's scoring model."""
+    lines = [
+        "### semantic_ids",
+        "",
+        "Leave-one-out, full ranking, history items masked (the protocol of `beauty.py`). One "
+        "generator per ID method, same architecture and budget; the reference row is hirex's "
+        "scoring model on the same split (exhaustive users/s; through its index in brackets). "
+        "Cold start: R@10 on test targets among 5% of items held out of training.",
+        "",
+        "| dataset | method | R@5 | R@10 | N@5 | N@10 | cold-start R@10 | collisions | "
+        "perplexity | train s (epochs) | users/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r["rows"]:
+        cold = row.get("cold_start_recall@10")
+        cold = "-" if cold is None else f"{cold:.4f}"
+        ppl = row.get("perplexity")
+        ppl = "-" if ppl is None else " / ".join(f"{p:.0f}" for p in ppl)
+        coll = "-" if "collision_rate" not in row else f"{row['collision_rate']:.3f}"
+        ups = f"{row['users_per_second']:,.0f}"
+        if "index_users_per_second" in row:
+            ups += f" ({row['index_users_per_second']:,.0f})"
+        lines.append(
+            f"| {row['dataset']} | {row['method']} | {row['recall@5']:.4f} | "
+            f"{row['recall@10']:.4f} | {row['ndcg@5']:.4f} | {row['ndcg@10']:.4f} | "
+            f"{cold} | {coll} | {ppl} | "
+            f"{row['train_seconds']:,.0f} ({row['epochs']}) | {ups} |"
+        )
+    pub = r.get("published", {})
+    if pub:
+        shown = "; ".join(
+            f"{ds}: "
+            + ", ".join(f"{k} R@10 {v['recall@10']} / N@10 {v['ndcg@10']}" for k, v in p.items())
+            for ds, p in pub.items()
+        )
+        lines += ["", f"Published (REFERENCES.md): {shown}."]
+    for c in r.get("commands", [r.get("command")]):
+        lines += ["", f"Command: `{c}`."]
+    m = r["machine"]
+    lines += ["", f"Machine: {m['cores']} cores, {m['cpu_model']}.", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parts = []
     for path in sorted((HERE / "results").glob("*.json")):
@@ -287,6 +331,8 @@ def main() -> None:
             parts.append(updates_table(json.loads(path.read_text())))
         elif path.stem == "serve_load":
             parts.append(serve_table(json.loads(path.read_text())))
+        elif path.stem == "semantic_ids":
+            parts.append(sid_table(json.loads(path.read_text())))
     readme = HERE / "README.md"
     text = readme.read_text()
     head, rest = text.split(BEGIN, 1)

@@ -19,6 +19,8 @@ the command and the machine.  Re-running resumes the runs under --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -56,7 +58,16 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
     ap.add_argument("--out", default="runs/semantic_ids")
     ap.add_argument("--result", default="semantic_ids")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="combine results/semantic_ids_*.json (one run per dataset, e.g. run in parallel) "
+        "into results/semantic_ids.json and exit",
+    )
     args = ap.parse_args()
+    if args.merge:
+        merge()
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -101,12 +112,7 @@ def main() -> None:
         }
         log.info("reference %s: %s (%.0fs)", name, ref_row, time.perf_counter() - t0)
         if not args.no_cold_start:
-            cold_cfg = apply_overrides(ref_cfg, ["data.cold_start_fraction=0.05"])
-            cold_ds = dataset_from_config(cold_cfg.data)
-            _, cold = train_run(cold_cfg, cold_ds, out / f"{name}-reference-cold",
-                                restart=False, progress=False)  # fmt: skip
-            ref_row["cold_start_recall@10"] = round(cold["cold_start"]["test"]["recall@10"], 4)
-            ref_row["cold_start_test_users"] = cold["cold_start"]["test_users"]
+            ref_row.update(cold_start(ref_cfg, out / f"{name}-reference-cold"))
         payload["rows"].append(ref_row)
         save()
 
@@ -120,7 +126,7 @@ def main() -> None:
         for method in args.methods.split(","):
             path = out / f"{name}-ids-{method}"
             if not path.exists():
-                m_cfg = apply_overrides_sid(sid, method)
+                m_cfg = dataclasses.replace(sid, method=method)
                 ids = fit_ids(
                     dataset.item_text, catalogue, m_cfg,
                     index=index if method == "hill_paths" else None,
@@ -159,22 +165,41 @@ def main() -> None:
                 "dead_codes": [u["dead_codes"] for u in stats["usage"]],
             }
             if method == "lmindexer" and not args.no_cold_start:
-                cold_cfg = apply_overrides(gen_cfg, ["data.cold_start_fraction=0.05"])
-                cold_ds = dataset_from_config(cold_cfg.data)
-                _, cold = train_run(cold_cfg, cold_ds, out / f"{name}-gen-{method}-cold",
-                                    restart=False, progress=False)  # fmt: skip
-                row["cold_start_recall@10"] = round(cold["cold_start"]["test"]["recall@10"], 4)
-                row["cold_start_test_users"] = cold["cold_start"]["test_users"]
+                row.update(cold_start(gen_cfg, out / f"{name}-gen-{method}-cold"))
             payload["rows"].append(row)
             log.info("%s %s: %s", name, method, row)
             save()
     print(f"wrote {result_path}")
 
 
-def apply_overrides_sid(sid, method: str):  # noqa: ANN001, ANN201
-    import dataclasses
+def cold_start(cfg, out: Path) -> dict:  # noqa: ANN001
+    """Retrain ``cfg`` with 5% of items held out; R@10 on test targets that are held-out items."""
+    cold_cfg = apply_overrides(cfg, ["data.cold_start_fraction=0.05"])
+    _, report = train_run(
+        cold_cfg, dataset_from_config(cold_cfg.data), out, restart=False, progress=False
+    )
+    return {
+        "cold_start_recall@10": round(report["cold_start"]["test"]["recall@10"], 4),
+        "cold_start_test_users": report["cold_start"]["test_users"],
+    }
 
-    return dataclasses.replace(sid, method=method)
+
+def merge() -> None:
+    parts = sorted(RESULTS.glob("semantic_ids_*.json"))
+    if not parts:
+        raise SystemExit("no results/semantic_ids_*.json to merge")
+    loaded = [json.loads(p.read_text()) for p in parts]
+    merged = {
+        "commands": [r["command"] for r in loaded],
+        "machine": loaded[0]["machine"],
+        "published": PUBLISHED,
+        "rows": [row for r in loaded for row in r["rows"]],
+        "ids": [row for r in loaded for row in r["ids"]],
+    }
+    atomic_write_json(RESULTS / "semantic_ids.json", merged)
+    for p in parts:
+        p.unlink()
+    print(f"merged {len(parts)} files into {RESULTS / 'semantic_ids.json'}")
 
 
 if __name__ == "__main__":

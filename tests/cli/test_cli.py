@@ -4,7 +4,7 @@ import pytest
 
 from hirex.cli.main import build_parser, main
 
-COMMANDS = ["demo", "train", "eval", "retrieve", "data", "index", "ttt", "serve"]
+COMMANDS = ["demo", "train", "eval", "retrieve", "data", "index", "ttt", "serve", "sid"]
 SMALL = [
     "--data",
     "synthetic",

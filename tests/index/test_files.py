@@ -150,7 +150,9 @@ def test_a_crash_while_writing_leaves_the_old_index_intact(built, tmp_path, monk
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(files, "atomic_write_json", boom)
+    import hirex.manifest
+
+    monkeypatch.setattr(hirex.manifest, "atomic_write_json", boom)
     index.remove_items(np.arange(10, 50))
     with pytest.raises(OSError, match="disk full"):
         save_index(tmp_path / "ix", index, model)

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hirex.manifest import sha256_file
+
 log = logging.getLogger(__name__)
 
 ENCODERS = ("minilm", "tfidf")
@@ -75,14 +77,6 @@ def minilm_dir() -> Path:
     raise ValueError(f"{MINILM_PACKAGE} is installed but holds no MiniLM model folder")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def encode_minilm(
     texts: list[str],
     *,
@@ -97,7 +91,7 @@ def encode_minilm(
 
     folder = minilm_dir()
     weights = folder / "model.safetensors"
-    digest = _sha256(weights)
+    digest = sha256_file(weights)
     if MINILM_SHA256 is not None and digest != MINILM_SHA256:
         raise ValueError(
             f"{weights}: sha256 {digest} is not the all-MiniLM-L6-v2 weights hirex was tested "
