@@ -94,18 +94,30 @@ def finish_run(
     if cfg.index.method != "none":
         report["index"] = index_run(cfg, dataset, result, out)
     if dataset.cold_items is not None:
-        cold = cold_start_targets(dataset)
-        report["cold_start"] = {
-            "items": len(dataset.cold_items),
-            "test_users": int(len(cold.test.active_users())),
-            "test": evaluate_split(cfg, result.model, cold, "test").metrics,
-        }
+        report["cold_start"] = cold_start_report(
+            dataset, lambda cold: evaluate_split(cfg, result.model, cold, "test").metrics
+        )
+    write_report(out, report, dataset)
+    return report
+
+
+def cold_start_report(dataset: Dataset, test_metrics) -> dict[str, Any]:  # noqa: ANN001
+    """Metrics on the test targets that are held-out items; test_metrics(dataset) -> dict."""
+    cold = cold_start_targets(dataset)
+    return {
+        "items": len(dataset.cold_items),
+        "test_users": int(len(cold.test.active_users())),
+        "test": test_metrics(cold),
+    }
+
+
+def write_report(out: Path, report: dict[str, Any], dataset: Dataset) -> None:
+    """metrics.json and the original-id maps of a finished run."""
     atomic_write_json(out / "metrics.json", report)
     if dataset.user_ids is not None:
         dataset.user_ids.save(out / "user_ids.json")
     if dataset.item_ids is not None:
         dataset.item_ids.save(out / "item_ids.json")
-    return report
 
 
 def index_run(
@@ -167,17 +179,11 @@ def generative_run(
         "epochs": result.epochs,
     }
     if dataset.cold_items is not None:
-        cold = cold_start_targets(dataset)
-        report["cold_start"] = {
-            "items": len(dataset.cold_items),
-            "test_users": int(len(cold.test.active_users())),
-            "test": evaluate_ranker(result.retriever.ranker(), cold, "test", ks).metrics,
-        }
-    atomic_write_json(out / "metrics.json", report)
-    if dataset.user_ids is not None:
-        dataset.user_ids.save(out / "user_ids.json")
-    if dataset.item_ids is not None:
-        dataset.item_ids.save(out / "item_ids.json")
+        report["cold_start"] = cold_start_report(
+            dataset,
+            lambda cold: evaluate_ranker(result.retriever.ranker(), cold, "test", ks).metrics,
+        )
+    write_report(out, report, dataset)
     return result, report
 
 

@@ -136,6 +136,19 @@ def test_cold_start_run_reports_held_out_targets(catalogue_dir, fitted, tmp_path
     assert 0 <= cold["test"]["recall@10"] <= 1
 
 
+def test_cold_start_metrics_of_a_scoring_run(catalogue_dir, catalogue, tmp_path):
+    out = tmp_path / "score"
+    args = ["train", "--data", str(catalogue_dir), "--quiet", "--set", "model.dim=16",
+            "--set", "train.epochs=3", "--set", "train.num_negatives=32",
+            "--set", "data.cold_start_fraction=0.2", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    held = hold_out_items(catalogue, 0.2, seed=0)
+    assert report["cold_start"]["items"] == len(held.cold_items)
+    assert report["cold_start"]["test_users"] == cold_start_targets(held).test.nnz > 0
+    assert 0 <= report["cold_start"]["test"]["recall@10"] <= 1
+
+
 def test_bad_inputs_exit_2_with_a_message_and_write_nothing(
     catalogue_dir, fitted, tmp_path, capsys
 ):
