@@ -160,7 +160,7 @@ def test_bad_inputs_exit_2_with_a_message_and_write_nothing(
     out = tmp_path / "ids"
     assert main(["sid", "fit", "--data", str(bad), *SID, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "have no text" in err and "sid.missing_text" in err
+    assert "have no text (items ['item0'])" in err and "sid.missing_text" in err
     assert not out.exists()
     # IDs of another catalogue
     other = tmp_path / "other"

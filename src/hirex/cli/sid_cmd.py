@@ -75,6 +75,7 @@ def run_fit(args: argparse.Namespace) -> int:
         catalogue_fingerprint(raw),
         cfg.sid,
         index=index,
+        item_names=[str(r) for r in raw],
         progress=not args.quiet,
     )
     save_ids(out, ids)

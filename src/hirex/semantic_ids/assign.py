@@ -73,13 +73,15 @@ def fit_ids(
     cfg: SidConfig | None = None,
     *,
     index=None,  # noqa: ANN001
+    item_names: list | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> SemanticIds:
     """Semantic IDs for every item with ``cfg.method``.
 
     texts: one non-empty string per dense item id.  index: a HierarchicalIndex over a trained
-    retrieval model (hill_paths only; its levels replace ``cfg.levels``)."""
+    retrieval model (hill_paths only; its levels replace ``cfg.levels``).  item_names: the
+    original item ids, for error messages."""
     cfg = cfg or SidConfig()
     t0 = time.perf_counter()
     levels = list(cfg.levels)
@@ -107,7 +109,7 @@ def fit_ids(
             log.warning("%d items have no text; they get the text %r", len(empty), NO_TEXT)
             texts = [t if t and t.strip() else NO_TEXT for t in texts]
             info["items_without_text"] = len(empty)
-    check_texts(texts)
+    check_texts(texts, names=item_names)
     tfidf = TfidfEncoder.fit(texts) if cfg.encoder == "tfidf" else None
     enc = encode_texts(
         texts, cfg.encoder, tfidf=tfidf, max_tokens=cfg.max_tokens, device=device,

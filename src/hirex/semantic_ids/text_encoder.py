@@ -50,12 +50,15 @@ class EncodedText:
     """sha256 of the encoder's weights (minilm) or of its fitted state (tfidf)."""
 
 
-def check_texts(texts: list[str], what: str = "items") -> None:
-    """Every item needs non-empty text: a ValueError naming the first few that have none."""
+def check_texts(texts: list[str], what: str = "items", names: list | None = None) -> None:
+    """Every item needs non-empty text: a ValueError naming the first few that have none
+    (by ``names``, the original item ids, when given; else by dense id)."""
     empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
     if empty:
+        shown = [names[i] for i in empty[:5]] if names is not None else empty[:5]
+        label = "items" if names is not None else "dense ids"
         raise ValueError(
-            f"{len(empty)} of {len(texts)} {what} have no text (dense ids {empty[:5]}); "
+            f"{len(empty)} of {len(texts)} {what} have no text ({label} {shown}); "
             "semantic IDs are learned from item text: give every item a line in the item text "
             "file (`itemID keyword text`), drop those items, or set "
             "sid.missing_text = 'placeholder' to give them a shared placeholder text"
