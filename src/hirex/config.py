@@ -254,6 +254,11 @@ class GeneratorConfig:
     """Beam width of the constrained search (at least k is used)."""
     valid_users: int = 0
     """Validate each epoch on this many evenly spaced users (0: all), for a cheaper epoch."""
+    new_item_share: float = 0.1
+    """Share of the k results kept for items never seen in training (cold-start or added
+    later) whose first ``new_item_prefix`` codes match a beam (TIGER's cold-start decoding);
+    0: rank them like any other ID, which in practice never ranks them."""
+    new_item_prefix: int = 2
 
 
 @dataclass(frozen=True)
@@ -413,6 +418,8 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"generator.dim ({gc.dim}) must divide by generator.heads")
     if not 0 <= gc.dropout < 1:
         raise ConfigError("generator.dropout must lie in [0, 1)")
+    if not 0 <= gc.new_item_share <= 1 or gc.new_item_prefix < 1:
+        raise ConfigError("generator.new_item_share must lie in [0, 1], new_item_prefix >= 1")
     if cfg.data.cold_start_fraction and not 0 < cfg.data.cold_start_fraction < 1:
         raise ConfigError("data.cold_start_fraction must lie in [0, 1)")
     if cfg.model.user_encoder == "none" and not cfg.model.use_user_id:

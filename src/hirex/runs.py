@@ -35,7 +35,12 @@ from hirex.models.retrieval_model import RetrievalModel, resolve_device
 from hirex.semantic_ids.files import load_generator, load_ids, save_ids
 from hirex.semantic_ids.ids import catalogue_fingerprint
 from hirex.semantic_ids.retriever import GenerativeRetriever
-from hirex.train.generative import GENERATOR_DIR, GeneratorResult, train_generator
+from hirex.train.generative import (
+    GENERATOR_DIR,
+    GeneratorResult,
+    retriever_for,
+    train_generator,
+)
 from hirex.train.trainer import MODEL, TrainResult, eval_ks, evaluate_split, train_model
 
 METRICS_FORMAT = "hirex-metrics"
@@ -242,8 +247,7 @@ def _load_generative_run(path: Path, device: str) -> Run:
     dataset = dataset_from_config(cfg.data)
     ids = load_ids(path / IDS_DIR, catalogue_fingerprint(_item_raw(dataset)))
     model = load_generator(path / GENERATOR_DIR, ids, resolve_device(device))
-    retriever = GenerativeRetriever(model, ids, cfg.generator.beam)
-    return Run(path, cfg, None, dataset, retriever)
+    return Run(path, cfg, None, dataset, retriever_for(cfg, model, ids, dataset))
 
 
 def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Path:

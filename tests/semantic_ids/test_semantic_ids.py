@@ -250,3 +250,39 @@ def test_history_codes_are_left_padded_newest_last(lm_ids):
     assert torch.equal(h[0], torch.from_numpy(lm_ids.codes[[2, 3]]))
     assert (h[1] == -1).all()
     assert (h[2, 0] == -1).all() and torch.equal(h[2, 1], torch.from_numpy(lm_ids.codes[4]))
+
+
+def test_new_items_get_their_share_of_the_slots(lm_ids, catalogue):
+    from hirex.semantic_ids.beam_search import NewItems
+
+    ids = lm_ids
+    model = _tiny_generator(ids, seed=3)
+    trie = PrefixTrie(ids)
+    history = catalogue.history("test")
+    users = np.arange(8)
+    hist = history_codes(ids, history, users, 20)
+    excl = history.gather(users)
+    plain = constrained_beam_search(model, trie, hist, 10, 10, excl, ids.n_items)
+    # make the items under the users' best first code "new": they must take 3 of 10 slots
+    first = ids.codes[plain.ids[:, 0].numpy(), 0]
+    new = np.isin(ids.codes[:, 0], first)
+    slots = NewItems.of(ids, new, depth=1, share=0.3)
+    top = constrained_beam_search(model, trie, hist, 10, 10, excl, ids.n_items, slots)
+    assert top.ids.shape == (8, 10) and (top.scores[:, :-1] >= top.scores[:, 1:]).all()
+    seen = {(r, i) for r, i in zip(*excl, strict=True)}
+    for r in range(8):
+        row = top.ids[r].tolist()
+        assert len(set(row)) == 10 and not any((r, i) in seen for i in row)
+        assert sum(bool(new[i]) for i in row) >= 3
+    # new items under no beam's prefix change nothing
+    far = NewItems.of(ids, ~np.isin(ids.codes[:, 0], ids.codes[:, 0]), depth=1, share=0.3)
+    assert far is None
+    none_match = np.zeros(ids.n_items, bool)
+    none_match[0] = True
+    lone = NewItems.of(ids, none_match, depth=ids.length - 1, share=0.3)
+    narrow = constrained_beam_search(model, trie, hist, 10, 1, excl, ids.n_items)
+    with_lone = constrained_beam_search(model, trie, hist, 10, 1, excl, ids.n_items, lone)
+    unmatched = [r for r in range(8) if 0 not in with_lone.ids[r].tolist()]
+    assert unmatched
+    for r in unmatched:
+        assert with_lone.ids[r].tolist() == narrow.ids[r].tolist()

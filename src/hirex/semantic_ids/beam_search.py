@@ -13,13 +13,15 @@ With W at least the number of valid IDs the search keeps every prefix and equals
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from hirex.data.interactions import Interactions
 from hirex.index.topk import TopK
 from hirex.semantic_ids.generator import SemanticIdGenerator
-from hirex.semantic_ids.ids import SemanticIds
+from hirex.semantic_ids.ids import SemanticIds, prefix_keys
 from hirex.semantic_ids.trie import PrefixTrie
 
 NEG = float("-inf")
@@ -61,6 +63,56 @@ def _excluded(
     return ((keys[pos] == cand) & (items.reshape(-1) >= 0)).reshape(shape)
 
 
+@dataclass(frozen=True)
+class NewItems:
+    """Items the generator never saw as a target (cold-start or added after training), for
+    TIGER's cold-start decoding: a share of the k slots goes to such items whose first ``depth``
+    codes match a beam, scored by that beam's log-probability spread evenly over the new items
+    under the prefix.  Without it a generator ranks unseen IDs (almost) never, since their last
+    codes were never a training target.
+
+    keys: (M,) sorted depth-``depth`` prefix keys; items: (M,) their dense item ids.
+    """
+
+    keys: torch.Tensor
+    items: torch.Tensor
+    depth: int
+    share: float
+
+    @classmethod
+    def of(cls, ids: SemanticIds, new: np.ndarray, depth: int, share: float) -> NewItems | None:
+        """new: (N,) bool over items; None when there is nothing to do."""
+        rows = np.flatnonzero(new & ids.active)
+        if share <= 0 or len(rows) == 0:
+            return None
+        depth = max(1, min(depth, ids.length - 1))
+        keys = prefix_keys(ids.codes[rows], ids.sizes, depth)
+        order = np.argsort(keys, kind="stable")
+        return cls(torch.from_numpy(keys[order]), torch.from_numpy(rows[order]), depth, share)
+
+    def slots(self, k: int) -> int:
+        return max(1, int(round(self.share * k)))
+
+    def candidates(
+        self, beam_keys: torch.Tensor, beam_scores: torch.Tensor, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beams at ``depth`` (U, W) -> the best n new items per user: (scores, ids) (U, n)."""
+        keys, items = self.keys.to(beam_keys.device), self.items.to(beam_keys.device)
+        _, counts = torch.unique_consecutive(keys, return_counts=True)
+        per_item = torch.repeat_interleave(counts, counts).float().log()
+        u, m = beam_keys.shape[0], len(keys)
+        order = torch.argsort(beam_keys, dim=1)
+        sk = torch.gather(beam_keys, 1, order)
+        ss = torch.gather(beam_scores, 1, order)
+        pos = torch.searchsorted(sk, keys.expand(u, m).contiguous()).clamp(max=sk.shape[1] - 1)
+        hit = torch.gather(sk, 1, pos) == keys
+        score = torch.where(
+            hit, torch.gather(ss, 1, pos) - per_item, torch.full_like(per_item, NEG)
+        )
+        top, idx = torch.topk(score, min(n, m), dim=1)
+        return top, torch.where(torch.isfinite(top), items[idx], torch.full_like(idx, -1))
+
+
 @torch.no_grad()
 def constrained_beam_search(
     model: SemanticIdGenerator,
@@ -70,9 +122,13 @@ def constrained_beam_search(
     beam: int,
     exclude: tuple[np.ndarray, np.ndarray] | None = None,
     n_items: int | None = None,
+    new_items: NewItems | None = None,
 ) -> TopK:
     """history: (U, H, P) codes (see ``history_codes``); exclude: (rows, items) pairs masked
-    for each row.  Returns TopK (U, k): sequence log-probabilities and dense item ids."""
+    for each row.  Returns TopK (U, k): sequence log-probabilities and dense item ids.
+
+    new_items: reserve ``new_items.slots(k)`` of the k results for items the generator never
+    saw as a target (see ``NewItems``); they join the ranking by their score."""
     device = next(model.parameters()).device
     history = history.to(device)
     u = history.shape[0]
@@ -84,6 +140,7 @@ def constrained_beam_search(
     scores = torch.zeros(u, 1, device=device)
     codes = torch.zeros(u, 1, 0, dtype=torch.int64, device=device)
     keys = torch.zeros(u, 1, dtype=torch.int64, device=device)
+    at_depth = None
     for t, size in enumerate(sizes):
         w = scores.shape[1]
         logp = torch.log_softmax(model.step_logits(memory, codes).float(), -1)
@@ -101,14 +158,40 @@ def constrained_beam_search(
         )
         keys = torch.gather(new_keys.view(u, w * size), 1, idx)
         scores = top
+        if new_items is not None and t + 1 == new_items.depth:
+            at_depth = (keys, scores)
     items = trie.items_of(keys)
     items = torch.where(torch.isfinite(scores), items, torch.full_like(items, -1))
     scores = torch.where(items >= 0, scores, torch.full_like(scores, NEG))
+    if at_depth is not None:
+        scores, items = _with_new_items(scores, items, at_depth, new_items, k, exclude, n_items)
     if scores.shape[1] < k:  # fewer (beam, code) pairs than k: pad to the fixed shape
         fill = k - scores.shape[1]
         scores = torch.cat([scores, torch.full((u, fill), NEG, device=device)], 1)
         items = torch.cat([items, torch.full((u, fill), -1, dtype=torch.int64, device=device)], 1)
     return TopK(scores.cpu(), items.cpu())
+
+
+def _with_new_items(scores, items, at_depth, new_items: NewItems, k, exclude, n_items):  # noqa: ANN001, ANN202
+    """The beam's best k - n results plus the best n new items (n = ``slots(k)``; where fewer
+    new items match, the beam's next results fill in), ordered by score."""
+    n = min(new_items.slots(k), scores.shape[1])
+    cand_s, cand_i = new_items.candidates(at_depth[0], at_depth[1], n + k)
+    masked = _excluded(cand_i, exclude, n_items) | (cand_i[:, :, None] == items[:, None, :]).any(2)
+    cand_s = cand_s.masked_fill(masked | (cand_i < 0), NEG)
+    cand_s, pos = torch.topk(cand_s, min(n, cand_s.shape[1]), dim=1)
+    cand_i = torch.gather(cand_i, 1, pos)
+    n = cand_s.shape[1]
+    head = scores.shape[1] - n
+    valid = torch.isfinite(cand_s)
+    fill = (torch.arange(n, device=scores.device) - valid.sum(1, keepdim=True)).clamp(min=0)
+    slot_s = torch.where(valid, cand_s, torch.gather(scores[:, head:], 1, fill))
+    slot_i = torch.where(valid, cand_i, torch.gather(items[:, head:], 1, fill))
+    merged_s = torch.cat([scores[:, :head], slot_s], 1)
+    merged_i = torch.cat([items[:, :head], slot_i], 1)
+    top, pos = torch.sort(merged_s, dim=1, descending=True)
+    out_i = torch.gather(merged_i, 1, pos)
+    return top, torch.where(torch.isfinite(top), out_i, torch.full_like(out_i, -1))
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import torch
 from hirex.data.interactions import Interactions
 from hirex.index.topk import TopK
 from hirex.semantic_ids.assign import assign_from_text
-from hirex.semantic_ids.beam_search import constrained_beam_search, history_codes
+from hirex.semantic_ids.beam_search import NewItems, constrained_beam_search, history_codes
 from hirex.semantic_ids.generator import SemanticIdGenerator
 from hirex.semantic_ids.ids import SemanticIds
 from hirex.semantic_ids.trie import PrefixTrie
@@ -23,13 +23,32 @@ class GenerativeRetriever:
     """
 
     def __init__(
-        self, model: SemanticIdGenerator, ids: SemanticIds, beam: int = 20, user_batch: int = 256
+        self,
+        model: SemanticIdGenerator,
+        ids: SemanticIds,
+        beam: int = 20,
+        user_batch: int = 256,
+        *,
+        seen: np.ndarray | None = None,
+        new_item_share: float = 0.0,
+        new_item_prefix: int = 2,
     ) -> None:
+        """seen: (N,) bool, the items the generator was trained to emit; the others (and items
+        added later) are new items, which get ``new_item_share`` of the k results when their
+        first ``new_item_prefix`` codes match a beam (TIGER's cold-start decoding; 0: off)."""
         if tuple(ids.sizes) != tuple(model.shape.sizes):
             raise ValueError("the generator was built for other ID vocabulary sizes")
         self.model, self.ids, self.beam, self.user_batch = model.eval(), ids, beam, user_batch
         self.device = next(model.parameters()).device
         self.trie = PrefixTrie(ids, self.device)
+        self.seen = np.ones(ids.n_items, bool) if seen is None else np.asarray(seen, bool).copy()
+        self.new_item_share, self.new_item_prefix = new_item_share, new_item_prefix
+        self._new = self._new_items()
+
+    def _new_items(self) -> NewItems | None:
+        seen = np.zeros(self.ids.n_items, bool)
+        seen[: len(self.seen)] = self.seen
+        return NewItems.of(self.ids, ~seen, self.new_item_prefix, self.new_item_share)
 
     @property
     def n_items(self) -> int:
@@ -53,8 +72,9 @@ class GenerativeRetriever:
             hist = history_codes(self.ids, history, chunk, self.model.shape.max_history)
             excl = exclude.gather(chunk) if exclude is not None else None
             top = constrained_beam_search(
-                self.model, self.trie, hist, k, beam or self.beam, excl, self.ids.n_items
-            )
+                self.model, self.trie, hist, k, beam or self.beam, excl, self.ids.n_items,
+                self._new,
+            )  # fmt: skip
             scores.append(top.scores)
             ids.append(top.ids)
         if not scores:
@@ -83,11 +103,13 @@ class GenerativeRetriever:
         """New items from their text alone; returns their dense ids (retrievable at once)."""
         new = assign_from_text(self.ids, texts)
         self.trie = PrefixTrie(self.ids, self.device)
+        self._new = self._new_items()
         return new
 
     def remove_items(self, ids: np.ndarray) -> None:
         self.ids.remove(ids)
         self.trie = PrefixTrie(self.ids, self.device)
+        self._new = self._new_items()
 
     def _check_items(self, history: Interactions) -> None:
         if history.n_items > self.ids.n_items:

@@ -83,6 +83,18 @@ def build_generator(cfg: RunConfig, ids: SemanticIds) -> SemanticIdGenerator:
     return SemanticIdGenerator(shape)
 
 
+def retriever_for(
+    cfg: RunConfig, model: SemanticIdGenerator, ids: SemanticIds, dataset: Dataset
+) -> GenerativeRetriever:
+    """The run's retriever: items with no training interaction count as new items."""
+    g = cfg.generator
+    return GenerativeRetriever(
+        model, ids, g.beam, max(cfg.eval.user_batch // 2, 1),
+        seen=dataset.train.item_counts() > 0,
+        new_item_share=g.new_item_share, new_item_prefix=g.new_item_prefix,
+    )  # fmt: skip
+
+
 def train_generator(
     cfg: RunConfig,
     dataset: Dataset,
@@ -127,7 +139,7 @@ def train_generator(
             )
         state = saved
         log.info("resuming generator training after epoch %d", state["epoch"])
-    retriever = GenerativeRetriever(model, ids, cfg.generator.beam, cfg.eval.user_batch // 2 or 1)
+    retriever = retriever_for(cfg, model, ids, dataset)
     while state["epoch"] < tc.epochs and state["bad"] < tc.patience:
         epoch = state["epoch"]
         t0 = time.perf_counter()
@@ -184,7 +196,7 @@ def train_generator(
     best = load_generator(out / GENERATOR_DIR, ids, device)
     best_valid = state["epochs"][state["best_epoch"]]["valid"]
     return GeneratorResult(
-        GenerativeRetriever(best, ids, cfg.generator.beam, cfg.eval.user_batch // 2 or 1),
+        retriever_for(cfg, best, ids, dataset),
         state["epochs"],
         state["best_epoch"],
         best_valid,
