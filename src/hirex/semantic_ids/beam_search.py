@@ -9,6 +9,8 @@ probabilities, best first, and dense item ids, -inf / -1 where fewer than k vali
 
 With W at least the number of valid IDs the search keeps every prefix and equals
 ``exhaustive_generate``, which scores every item by teacher forcing (the reference, tested).
+Optionally (``NewItems``, TIGER's cold-start decoding) a share of the k results goes to items the
+generator never saw as a target whose prefix matches a beam.
 """
 
 from __future__ import annotations
