@@ -33,11 +33,12 @@ from hirex.index.build import build_index
 from hirex.index.files import save_index
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
 from hirex.semantic_ids.files import load_generator, load_ids, save_ids
-from hirex.semantic_ids.ids import catalogue_fingerprint
+from hirex.semantic_ids.ids import SemanticIds, catalogue_fingerprint
 from hirex.semantic_ids.retriever import GenerativeRetriever
 from hirex.train.generative import (
     GENERATOR_DIR,
     GeneratorResult,
+    check_generative_data,
     retriever_for,
     train_generator,
 )
@@ -154,18 +155,27 @@ def index_run(
     }
 
 
+def generative_ids(
+    cfg: RunConfig, dataset: Dataset, out: str | os.PathLike, restart: bool
+) -> SemanticIds:
+    """The IDs a generative run trains on, checked against the data before anything is
+    written: the run folder's own copy when resuming, else ``cfg.generator.ids``."""
+    check_generative_data(dataset)
+    run_ids = Path(out) / IDS_DIR
+    source = run_ids if run_ids.exists() and not restart else Path(cfg.generator.ids)
+    ids = load_ids(source, catalogue_fingerprint(_item_raw(dataset)))
+    check_generative_data(dataset, ids)
+    return ids
+
+
 def generative_run(
-    cfg: RunConfig, dataset: Dataset, out: str | os.PathLike, *, progress: bool
+    cfg: RunConfig, dataset: Dataset, out: str | os.PathLike, ids: SemanticIds, *, progress: bool
 ) -> tuple[GeneratorResult, dict[str, Any]]:
-    """Train a generator over the semantic IDs ``cfg.generator.ids`` into the run folder
-    ``out`` (resumable), evaluate it on the test split, and write metrics.json."""
+    """Train a generator over ``ids`` (from ``generative_ids``) into the run folder ``out``
+    (resumable), evaluate it on the test split, and write metrics.json."""
     out = Path(out)
-    catalogue = catalogue_fingerprint(_item_raw(dataset))
-    source = Path(cfg.generator.ids)
-    run_ids = out / IDS_DIR
-    ids = load_ids(run_ids if run_ids.exists() else source, catalogue)
-    if not run_ids.exists():
-        save_ids(run_ids, ids)
+    if not (out / IDS_DIR).exists():
+        save_ids(out / IDS_DIR, ids)
     result = train_generator(cfg, dataset, ids, out, progress=progress)
     ks = eval_ks(cfg, dataset)
     test = evaluate_ranker(result.retriever.ranker(), dataset, "test", ks)
@@ -280,8 +290,10 @@ def train_run(
     cfg: RunConfig, dataset: Dataset, out: str | os.PathLike, *, restart: bool, progress: bool
 ) -> tuple[TrainResult | GeneratorResult, dict[str, Any]]:
     """Prepare the run folder, train (resuming when it can), evaluate and write metrics.json."""
-    out_dir = prepare_run_dir(cfg, out, restart)
     if cfg.generator.ids:
-        return generative_run(cfg, dataset, out_dir, progress=progress)
+        ids = generative_ids(cfg, dataset, out, restart)  # refused before anything is written
+        out_dir = prepare_run_dir(cfg, out, restart)
+        return generative_run(cfg, dataset, out_dir, ids, progress=progress)
+    out_dir = prepare_run_dir(cfg, out, restart)
     result = train_model(cfg, dataset, out_dir, progress=progress)
     return result, finish_run(cfg, dataset, result, out_dir)

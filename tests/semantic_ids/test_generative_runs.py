@@ -171,11 +171,12 @@ def test_bad_inputs_exit_2_with_a_message_and_write_nothing(
     code = main(["train", "--data", str(other), "--set", f"generator.ids='{fitted}'", *GEN,
                  "--out", str(run)])  # fmt: skip
     assert code == 2 and "another catalogue" in capsys.readouterr().err
-    assert not (run / "generator").exists()
+    assert not run.exists()  # refused before the run folder was made
     # a generator on set data
     code = main(["train", "--data", "synthetic", "--set", f"generator.ids='{fitted}'", *GEN,
                  "--out", str(tmp_path / "set")])  # fmt: skip
-    assert code == 2
+    assert code == 2 and "needs sequence data" in capsys.readouterr().err
+    assert not (tmp_path / "set").exists()
     # a corrupt ID folder
     broken = tmp_path / "broken"
     shutil.copytree(fitted, broken)

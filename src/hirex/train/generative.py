@@ -95,6 +95,19 @@ def retriever_for(
     )  # fmt: skip
 
 
+def check_generative_data(dataset: Dataset, ids: SemanticIds | None = None) -> None:
+    """A generator needs sequences, and IDs for exactly the dataset's items."""
+    if dataset.kind != "sequence":
+        raise ValueError(
+            "generative retrieval predicts the next item of a sequence: it needs sequence data "
+            f"(beauty, sports, a sequences file); {dataset.name} is {dataset.kind!r} data"
+        )
+    if ids is not None and ids.n_items != dataset.n_items:
+        raise ValueError(
+            f"the semantic IDs cover {ids.n_items} items, the dataset has {dataset.n_items}"
+        )
+
+
 def train_generator(
     cfg: RunConfig,
     dataset: Dataset,
@@ -104,15 +117,7 @@ def train_generator(
     progress: bool = True,
 ) -> GeneratorResult:
     """Train a generator on ``dataset.train`` over ``ids``, early stopping on ``valid``."""
-    if dataset.kind != "sequence":
-        raise ValueError(
-            "generative retrieval predicts the next item of a sequence: it needs sequence data "
-            f"(beauty, sports, a sequences file); {dataset.name} is {dataset.kind!r} data"
-        )
-    if ids.n_items != dataset.n_items:
-        raise ValueError(
-            f"the semantic IDs cover {ids.n_items} items, the dataset has {dataset.n_items}"
-        )
+    check_generative_data(dataset, ids)
     out = Path(out_dir)
     tc = cfg.train
     if tc.num_threads:
