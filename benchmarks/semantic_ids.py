@@ -184,18 +184,25 @@ def cold_start(cfg, out: Path) -> dict:  # noqa: ANN001
     }
 
 
-def merge() -> None:
-    parts = sorted(RESULTS.glob("semantic_ids_*.json"))
-    if not parts:
-        raise SystemExit("no results/semantic_ids_*.json to merge")
-    loaded = [json.loads(p.read_text()) for p in parts]
-    merged = {
-        "commands": [r["command"] for r in loaded],
+def combine(loaded: list[dict]) -> dict:
+    """One result from per-dataset results: rows and ID statistics concatenated."""
+    commands = [r["command"] for r in loaded]
+    return {
+        "command": " ; ".join(commands),
+        "commands": commands,
         "machine": loaded[0]["machine"],
         "published": PUBLISHED,
         "rows": [row for r in loaded for row in r["rows"]],
         "ids": [row for r in loaded for row in r["ids"]],
     }
+
+
+def merge() -> None:
+    parts = sorted(RESULTS.glob("semantic_ids_*.json"))
+    parts = [p for p in parts if p.stem != "semantic_ids_first_pass"]
+    if not parts:
+        raise SystemExit("no results/semantic_ids_*.json to merge")
+    merged = combine([json.loads(p.read_text()) for p in parts])
     atomic_write_json(RESULTS / "semantic_ids.json", merged)
     for p in parts:
         p.unlink()
