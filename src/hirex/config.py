@@ -262,6 +262,41 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
+class LabelConfig:
+    """LLM relevance labelling (``hirex label``). The endpoint comes from here, else from the
+    environment (``HIREX_LABEL_BASE_URL`` or ``OPENAI_BASE_URL``, ``HIREX_LABEL_MODEL``); the
+    API key only from the environment variable named by ``api_key_env``."""
+
+    backend: Literal["local", "openai"] = "local"
+    """local: hirex starts a llama.cpp server on 127.0.0.1; openai: any OpenAI-compatible
+    endpoint at ``base_url``."""
+    model: str = ""
+    """local: smollm2-135m (default), gemma3-270m or a .gguf path; openai: the model name."""
+    base_url: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    template: str = "umbrela"
+    """A built-in template (umbrela: 0-3, thomas: 0-2) or a template file."""
+    variant: str = ""
+    """Parts switched on, letters of RDNAM (R role, D description, N narrative, A aspects,
+    M multiple judges), '-' for none; empty: the template's default."""
+    judges: int = 5
+    """Simulated judges averaged by variant M."""
+    concurrency: int = 1
+    """Requests in flight (the local server gets as many slots)."""
+    threads: int = 1
+    """local: CPU threads (on 2 cores one thread is much faster than two for the 135M model)."""
+    ctx: int = 2048
+    timeout: float = 60.0
+    max_retries: int = 4
+    max_tokens: int = 64
+    price_prompt: float = 0.0
+    """Cost per million prompt tokens, recorded with each label (0 for a local model)."""
+    price_completion: float = 0.0
+    cache: str = ""
+    """The SQLite label cache; empty: ``~/.cache/hirex/labels.sqlite``."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -271,6 +306,7 @@ class RunConfig:
     ttt: TTTConfig = field(default_factory=TTTConfig)
     sid: SidConfig = field(default_factory=SidConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
 
 
 class ConfigError(ValueError):
@@ -313,6 +349,7 @@ _SECTIONS = {
     "ttt": TTTConfig,
     "sid": SidConfig,
     "generator": GeneratorConfig,
+    "label": LabelConfig,
 }
 
 
@@ -420,6 +457,13 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError("generator.dropout must lie in [0, 1)")
     if not 0 <= gc.new_item_share <= 1 or gc.new_item_prefix < 1:
         raise ConfigError("generator.new_item_share must lie in [0, 1], new_item_prefix >= 1")
+    lc = cfg.label
+    if min(lc.judges, lc.concurrency, lc.threads, lc.ctx, lc.max_tokens) < 1 or lc.max_retries < 0:
+        raise ConfigError(
+            "label: judges, concurrency, threads, ctx and max_tokens must be >= 1, max_retries >= 0"
+        )
+    if lc.timeout <= 0 or min(lc.price_prompt, lc.price_completion) < 0:
+        raise ConfigError("label.timeout must be positive and prices >= 0")
     if cfg.data.cold_start_fraction and not 0 < cfg.data.cold_start_fraction < 1:
         raise ConfigError("data.cold_start_fraction must lie in [0, 1)")
     if cfg.model.user_encoder == "none" and not cfg.model.use_user_id:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hirex.atomic_files import atomic_write_json
 from hirex.config import DataConfig, RunConfig, load_config, save_config
 from hirex.data.interactions import Dataset
@@ -30,7 +32,10 @@ from hirex.data.registry import load_dataset
 from hirex.data.splits import cold_start_targets, hold_out_items
 from hirex.eval.protocols import evaluate_index, evaluate_ranker
 from hirex.index.build import build_index
+from hirex.index.exhaustive import exhaustive_topk
 from hirex.index.files import save_index
+from hirex.index.search import beam_search
+from hirex.index.topk import TopK
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
 from hirex.semantic_ids.files import load_generator, load_ids, save_ids
 from hirex.semantic_ids.ids import SemanticIds, catalogue_fingerprint
@@ -239,6 +244,36 @@ def load_run(path: str | os.PathLike, device: str = "auto") -> Run:
             f"the data now has {dataset.n_users} x {dataset.n_items}; did the data change?"
         )
     return Run(path, cfg, model, dataset)
+
+
+def run_topk(
+    run: Run,
+    users: np.ndarray,
+    k: int,
+    split: str = "test",
+    keep_seen: bool = False,
+    index: tuple | None = None,
+    beam: str | tuple[int, ...] | None = None,
+) -> TopK:
+    """The top ``k`` items for dense ``users`` (U,) with the run's ranker: the generative
+    retriever, beam search through ``index`` = (model, index), or exhaustive scoring. The
+    user's history for ``split`` is what the model sees and, unless ``keep_seen``, masked."""
+    history = run.dataset.history(split)
+    exclude = None if keep_seen else history
+    if run.retriever is not None:
+        return run.retriever.topk(users, history, k, exclude=exclude)
+    if index is not None:
+        model, ix = index
+        return beam_search(model, ix, users, history, k, beam, exclude=exclude).topk
+    return exhaustive_topk(
+        run.model,
+        users,
+        history,
+        k,
+        exclude=exclude,
+        user_batch=run.config.eval.user_batch,
+        item_chunk=run.config.eval.item_chunk,
+    )
 
 
 def load_scoring_run(path: str | os.PathLike, device: str, what: str) -> Run:

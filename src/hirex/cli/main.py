@@ -12,12 +12,14 @@ from hirex.cli import (
     demo_cmd,
     eval_cmd,
     index_cmd,
+    label_cmd,
     retrieve_cmd,
     serve_cmd,
     sid_cmd,
     train_cmd,
     ttt_cmd,
 )
+from hirex.label.backends import BackendError
 
 SUBCOMMANDS = [
     demo_cmd,
@@ -28,6 +30,7 @@ SUBCOMMANDS = [
     ttt_cmd,
     serve_cmd,
     sid_cmd,
+    label_cmd,
     data_cmd,
 ]
 
@@ -54,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as err:
+    except (ValueError, KeyError, FileNotFoundError, BackendError) as err:
         # User-facing errors carry their own fix; no traceback unless asked for.
         if args.verbose:
             raise

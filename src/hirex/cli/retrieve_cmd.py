@@ -13,9 +13,7 @@ import numpy as np
 
 from hirex.atomic_files import atomic_write_text
 from hirex.cli.common import add_index_options, beam_of, open_index
-from hirex.index.exhaustive import exhaustive_topk
-from hirex.index.search import beam_search
-from hirex.runs import load_run
+from hirex.runs import load_run, run_topk
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,24 +61,9 @@ def run(args: argparse.Namespace) -> int:
         if not raw:
             raise ValueError("no user ids given")
         dense = _to_dense(raw, ds.user_ids, ds.n_users)
-    history = ds.history("test")
-    exclude = None if args.keep_seen else history
-    index = open_index(args, r)
-    if r.retriever is not None:
-        top = r.retriever.topk(dense, history, args.k, exclude=exclude)
-    elif index is not None:
-        model, ix = index
-        top = beam_search(model, ix, dense, history, args.k, beam_of(args, r), exclude=exclude).topk
-    else:
-        top = exhaustive_topk(
-            r.model,
-            dense,
-            history,
-            args.k,
-            exclude=exclude,
-            user_batch=r.config.eval.user_batch,
-            item_chunk=r.config.eval.item_chunk,
-        )
+    top = run_topk(
+        r, dense, args.k, keep_seen=args.keep_seen, index=open_index(args, r), beam=beam_of(args, r)
+    )
     users_out = ds.user_ids.to_raw(dense) if ds.user_ids is not None else dense.tolist()
     rows = []
     for u, ids, scores in zip(users_out, top.ids.numpy(), top.scores.numpy(), strict=True):

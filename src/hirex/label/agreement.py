@@ -30,7 +30,7 @@ def _kappa(gold: np.ndarray, pred: np.ndarray, weights: str | None = None) -> fl
     from sklearn.metrics import cohen_kappa_score
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore")  # an undefined kappa is reported as None instead
         k = cohen_kappa_score(gold, pred, weights=weights)
     return None if not np.isfinite(k) else float(k)
 
@@ -42,7 +42,7 @@ def _alpha(gold: np.ndarray, pred: np.ndarray) -> float | None:
     if len(np.unique(data)) < 2:
         return None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore")
         a = krippendorff.alpha(reliability_data=data, level_of_measurement="ordinal")
     return None if not np.isfinite(a) else float(a)
 

@@ -76,12 +76,15 @@ class OpenAIBackend:
 
     def check_reachable(self, timeout: float = 10.0) -> None:
         """Fail fast, naming the URL, when nothing answers there (any HTTP answer will do)."""
-        import httpx
+        import urllib.error
+        import urllib.request
 
         url = f"{self.base_url}/models"
         try:
-            httpx.get(url, timeout=timeout)
-        except httpx.HTTPError as err:
+            urllib.request.urlopen(url, timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # it answered
+        except (OSError, ValueError) as err:
             raise BackendError(
                 f"cannot reach the labelling endpoint {self.base_url} ({type(err).__name__}: "
                 f"{err}); start the server or pass the right --base-url"
@@ -99,14 +102,15 @@ class OpenAIBackend:
         )
         last: Exception | None = None
         for attempt in range(self.max_retries + 1):
+            sent_schema, sent_logprobs = schema is not None and self.json_schema, self.logprobs
             try:
                 return self._once(messages, schema, attempt + 1)
             except o.BadRequestError as err:
-                if schema is not None and self.json_schema and "response_format" in str(err):
+                if sent_schema and "response_format" in str(err):
                     log.warning("%s refuses response_format; asking without it", self.base_url)
                     self.json_schema = False
                     continue
-                if self.logprobs and "logprobs" in str(err):
+                if sent_logprobs and "logprobs" in str(err):
                     log.warning("%s refuses logprobs; asking without them", self.base_url)
                     self.logprobs = False
                     continue

@@ -10,20 +10,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from hirex.config import LabelConfig
 from hirex.label.backends import BackendError, OpenAIBackend
 from hirex.label.cache import CachedLabel, LabelCache
+from hirex.label.llama_server import DEFAULT_LOCAL_MODEL, LOCAL_MODELS, LocalServer
 from hirex.label.parse import expected_grade, parse_answer
-from hirex.label.prompts import Pair, Prompt
+from hirex.label.prompts import Pair, Prompt, load_template
 
-__all__ = ["LabelRun", "Labeller", "label_key"]
+__all__ = ["LabelRun", "Labeller", "label_key", "open_labeller"]
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +206,50 @@ class Labeller:
         if run.errors:
             log.warning("%d pairs failed; first error: %s", run.failed, run.errors[0])
         return run
+
+
+@contextmanager
+def open_labeller(cfg: LabelConfig) -> Iterator[Labeller]:
+    """A Labeller for ``cfg`` (the ``[label]`` config section); with ``backend = "local"``
+    the llama.cpp server runs for the duration of the ``with`` block."""
+    prompt = Prompt.build(load_template(cfg.template), cfg.variant or None, judges=cfg.judges)
+    cache = LabelCache(cfg.cache or Path.home() / ".cache" / "hirex" / "labels.sqlite")
+    if cfg.backend == "local":
+        model = cfg.model or os.environ.get("HIREX_LABEL_MODEL") or DEFAULT_LOCAL_MODEL
+        server = LocalServer(model, threads=cfg.threads, ctx=cfg.ctx, parallel=cfg.concurrency)
+        name = model if model in LOCAL_MODELS else server.gguf.name  # the cache key's model
+        with server:
+            backend = OpenAIBackend(
+                server.base_url,
+                name,
+                timeout=cfg.timeout,
+                max_retries=cfg.max_retries,
+                max_tokens=cfg.max_tokens,
+            )
+            yield Labeller(prompt, backend, cache, name, cfg.concurrency)
+        return
+    base_url = (
+        cfg.base_url
+        or os.environ.get("HIREX_LABEL_BASE_URL")
+        or os.environ.get("OPENAI_BASE_URL")
+        or ""
+    )
+    if not base_url:
+        raise ValueError(
+            "label.backend = 'openai' needs an endpoint: --base-url URL (or label.base_url, "
+            "or $HIREX_LABEL_BASE_URL / $OPENAI_BASE_URL), e.g. http://127.0.0.1:8000/v1"
+        )
+    model = cfg.model or os.environ.get("HIREX_LABEL_MODEL") or ""
+    if not model:
+        raise ValueError("label.backend = 'openai' needs a model name: --model NAME")
+    backend = OpenAIBackend(
+        base_url,
+        model,
+        api_key=os.environ.get(cfg.api_key_env, "none"),
+        timeout=cfg.timeout,
+        max_retries=cfg.max_retries,
+        max_tokens=cfg.max_tokens,
+    )
+    yield Labeller(
+        prompt, backend, cache, model, cfg.concurrency, cfg.price_prompt, cfg.price_completion
+    )

@@ -131,7 +131,7 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> LocalServer:
-        import httpx
+        import urllib.request
 
         cmd = [
             sys.executable,
@@ -159,10 +159,13 @@ class LocalServer:
                     + (f"; see {self.log_file}" if self.log_file else "")
                 )
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    log.info("local llama.cpp server for %s on %s", self.gguf.name, self.base_url)
-                    return self
-            except httpx.HTTPError:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        log.info(
+                            "local llama.cpp server for %s on %s", self.gguf.name, self.base_url
+                        )
+                        return self
+            except OSError:
                 pass
             time.sleep(0.2)
         self.stop()

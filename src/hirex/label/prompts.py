@@ -35,7 +35,7 @@ _OPTIONAL_PARTS = {
     "aspects": set(),
     "judges": {"judges"},
 }
-BUILTIN_TEMPLATES = ("umbrela", "thomas")
+BUILTIN_TEMPLATES = ("umbrela", "thomas", "recommendation")
 
 
 @dataclass(frozen=True)
