@@ -6,6 +6,8 @@ Phases (each resumable; labels live in a SQLite cache, so a rerun asks for nothi
   variants (``--jobs model:template:variant,...``), timing each job;
 - ``killcheck``: start a labelling run, ``kill -9`` it mid-run, rerun it, and count lost
   labels and duplicate requests (from the cache's request journal and the server's own count);
+- ``rec``: ``hirex label --run`` on what three Amazon beauty runs recommend, against their
+  held-out metrics; writes ``benchmarks/results/llm_labels_rec.json``;
 - ``report``: agreement with the NIST labels (kappa graded and binary, weighted kappa,
   Krippendorff's alpha, confusion matrices, 95% bootstrap CIs over queries), the same for
   the non-LLM baselines (BM25 and MiniLM cosine with thresholds fitted on the pairs outside
@@ -299,9 +301,145 @@ def phase_report(args: argparse.Namespace) -> None:
     )
 
 
+def _hirex(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hirex.cli.main", *args]
+
+
+def phase_killcheck(args: argparse.Namespace) -> None:
+    """kill -9 a `hirex label` run with the local server mid-run, rerun it, and count."""
+    import signal
+    import sqlite3
+    import subprocess
+    import tempfile
+    from contextlib import closing
+
+    from hirex.eval.trec import write_qrels
+
+    _, sample, _, _ = load_sample(args.n, args.seed)
+    pairs = [(q, d) for q in sorted(sample) for d in sorted(sample[q])][:: max(1, args.n // 60)]
+    work = Path(tempfile.mkdtemp(prefix="hirex-killcheck-"))
+    qrels = work / "pairs.txt"
+    write_qrels(qrels, {q: {d: sample[q][d] for qq, d in pairs if qq == q} for q, _ in pairs})
+    cache = work / "labels.sqlite"
+    cmd = _hirex(
+        "label", "--cache", str(cache), "--no-progress", "--variant", "R", "--qrels", str(qrels),
+        "--queries", str(DATA / "queries.tsv"), "--passages", str(DATA / "passages.jsonl"),
+        "--output", str(work / "llm.txt"),
+    )  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_at = len(pairs) // 2
+    while True:
+        time.sleep(0.05)
+        if cache.exists():
+            try:
+                if LabelCache(cache).count() >= kill_at:
+                    break
+            except ValueError:
+                pass
+        if proc.poll() is not None:
+            raise SystemExit("the run ended before the kill")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def snapshot() -> dict[str, tuple]:
+        with closing(sqlite3.connect(cache)) as db:
+            return {r[0]: r[1:] for r in db.execute("SELECT key, grade, raw FROM labels")}
+
+    before = snapshot()
+    rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    after = snapshot()
+    journal = LabelCache(cache).journal()
+    lost = sum(1 for k, v in before.items() if after.get(k) != v)
+    result = {
+        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+        "machine": machine(),
+        "what": "hirex label with the local server (smollm2-135m, umbrela/R) killed with "
+        "SIGKILL after half its pairs were stored, then rerun to the end",
+        "pairs": len(pairs),
+        "stored_at_kill": len(before),
+        "stored_after_rerun": len(after),
+        "rerun_exit_code": rc,
+        "lost_labels": lost + (len(pairs) - len(after)),
+        "duplicate_requests": journal["duplicates"],
+        "reissued_in_flight": journal["reissued"],
+        "requests": journal["requests"],
+    }
+    print(json.dumps(result), flush=True)
+    atomic_write_json(RESULTS / "llm_labels_killcheck.json", result)
+
+
+REC_RUNS = ("beauty-reference", "beauty-gen-lmindexer", "beauty-gen-random")
+
+
+def phase_rec(args: argparse.Namespace) -> None:
+    """LLM labels of what hirex runs recommend on Amazon beauty, against held-out metrics."""
+    import subprocess
+
+    from hirex.eval.trec import read_qrels
+
+    rows = []
+    for name in REC_RUNS:
+        run = HERE.parent / "runs" / "semantic_ids" / name
+        if not run.exists():
+            print(f"skipping {name}: {run} is missing (benchmarks/semantic_ids.py makes it)")
+            continue
+        out = CACHE.parent / f"rec_{name}.txt"
+        t0 = time.perf_counter()
+        subprocess.run(
+            _hirex(
+                "label",
+                "--run",
+                str(run),
+                "--template",
+                "recommendation",
+                "--users",
+                str(args.rec_users),
+                "--k",
+                str(args.rec_k),
+                "--cache",
+                str(args.cache),
+                "--output",
+                str(out),
+                "--no-progress",
+            ),  # fmt: skip
+            check=True,
+        )
+        seconds = time.perf_counter() - t0
+        labels = read_qrels(out)
+        grades = np.array([g for v in labels.values() for g in v.values()])
+        held_out = json.loads((run / "metrics.json").read_text())
+        test = held_out.get("test", held_out)
+        rows.append(
+            {
+                "run": name,
+                "users": len(labels),
+                "pairs": int(len(grades)),
+                "mean_llm_grade": round(float(grades.mean()), 4),
+                "llm_precision_at_k_grade_ge_2": round(float((grades >= 2).mean()), 4),
+                "llm_grade_distribution": np.bincount(grades, minlength=4).tolist(),
+                "held_out_recall@10": test.get("recall@10"),
+                "held_out_ndcg@10": test.get("ndcg@10"),
+                "seconds": round(seconds, 1),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    atomic_write_json(
+        RESULTS / "llm_labels_rec.json",
+        {
+            "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+            "machine": machine(),
+            "what": "hirex label --run over the top-k items of each beauty run for evenly "
+            "spaced test users, smollm2-135m with the recommendation template (RA); the user's "
+            "last 5 items are the query",
+            "k": args.rec_k,
+            "rows": rows,
+        },
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--phase", choices=["label", "killcheck", "report"], required=True)
+    ap.add_argument("--phase", choices=["label", "killcheck", "rec", "report"], required=True)
     ap.add_argument("--n", type=int, default=600, help="sample size (default 600)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", default="smollm2-135m:umbrela:RA")
@@ -310,9 +448,17 @@ def main() -> None:
     ap.add_argument("--worker", default="a")
     ap.add_argument("--cache", default=str(CACHE))
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap replicates")
+    ap.add_argument("--rec-users", type=int, default=40)
+    ap.add_argument("--rec-k", type=int, default=5)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    {"label": phase_label, "report": phase_report}[args.phase](args)
+    phases = {
+        "label": phase_label,
+        "killcheck": phase_killcheck,
+        "rec": phase_rec,
+        "report": phase_report,
+    }
+    phases[args.phase](args)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,7 @@ def _run_pairs(args: argparse.Namespace):  # noqa: ANN202
         raise ValueError(f"--users ({args.users}) and --k ({args.k}) must be >= 1")
     r = load_run(args.run, args.device)
     targets = r.dataset.targets(args.split)
-    active = np.flatnonzero(targets.lengths > 0)
+    active = np.flatnonzero(targets.lengths() > 0)
     pick = np.unique(np.linspace(0, len(active) - 1, min(args.users, len(active))).round())
     users = active[pick.astype(np.int64)]
     top = run_topk(
