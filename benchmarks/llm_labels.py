@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, SHARED_DATA, command_line, machine
 
 from hirex.atomic_files import atomic_write_json
 from hirex.data.passages import read_passages, read_queries
@@ -43,18 +42,8 @@ from hirex.label.pairs import pairs_for, stratified_sample
 from hirex.label.prompts import Prompt, load_template
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-DATA = HERE.parent.parent / "shared" / "data" / "trec-dl19"
+DATA = SHARED_DATA / "trec-dl19"
 CACHE = HERE.parent / "runs" / "llm_labels" / "labels.sqlite"
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-    }
 
 
 def load_sample(n: int, seed: int):
@@ -101,7 +90,7 @@ def phase_label(args: argparse.Namespace) -> None:
         atomic_write_json(
             out,
             {
-                "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+                "command": command_line(),
                 "machine": machine(),
                 "note": "jobs of one worker; two workers ran at once, one llama.cpp thread "
                 "each, on 2 cores",
@@ -278,7 +267,7 @@ def phase_report(args: argparse.Namespace) -> None:
     atomic_write_json(
         RESULTS / "llm_labels.json",
         {
-            "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+            "command": command_line(),
             "machine": machine(),
             "data": "TREC DL 2019 passage judgments (../shared/data/trec-dl19)",
             "sample": {
@@ -351,7 +340,7 @@ def phase_killcheck(args: argparse.Namespace) -> None:
     journal = LabelCache(cache).journal()
     lost = sum(1 for k, v in before.items() if after.get(k) != v)
     result = {
-        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+        "command": command_line(),
         "machine": machine(),
         "what": "hirex label with the local server (smollm2-135m, umbrela/R) killed with "
         "SIGKILL after half its pairs were stored, then rerun to the end",
@@ -426,7 +415,7 @@ def phase_rec(args: argparse.Namespace) -> None:
     atomic_write_json(
         RESULTS / "llm_labels_rec.json",
         {
-            "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+            "command": command_line(),
             "machine": machine(),
             "what": "hirex label --run over the top-k items of each beauty run for evenly "
             "spaced test users, smollm2-135m with the recommendation template (RA); the user's "

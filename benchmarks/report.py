@@ -316,6 +316,76 @@ def sid_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def labels_table(r: dict, rec: dict | None) -> str:
+    """LLM labels against NIST labels on TREC DL 2019, beside the score baselines."""
+    sample = r["sample"]
+    lines = [
+        "### llm_labels",
+        "",
+        f"TREC DL 2019 passages: {sample['pairs']:,} judged pairs of {sample['queries']} "
+        f"queries, {sample['how']} ({sample['fit_pairs']:,} pairs). Gold grades in the sample: "
+        f"{sample['gold_distribution']}. Kappa is 4-level (the 0-2 template: gold clipped at "
+        "2) and binary at >= 2; alpha is Krippendorff's, ordinal; tau and RBO compare the "
+        f"orders of {len(r['systems'])} systems ({', '.join(r['systems'])}) by "
+        f"{r['system_metric']} under gold and under these labels. Brackets: 95% bootstrap "
+        "intervals over queries. Greedy: the grade the model wrote; expected+prior: its "
+        "expected grade from the log-probabilities, cut at the gold grade distribution of the "
+        "pairs outside the sample.",
+        "",
+        "| labeller | variant | pairs | unparsed | labels/hour | tokens/pair | kappa | "
+        "kappa binary | alpha | Kendall tau | RBO |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def ci(row: dict, key: str) -> str:
+        v, c = row.get(key), row.get(key + "_ci")
+        if v is None:
+            return "undefined"
+        return f"{v:.3f}" + (f" [{c[0]:.2f}, {c[1]:.2f}]" if c else "")
+
+    for row in r["rows"]:
+        tokens = "-"
+        if row.get("prompt_tokens"):
+            tokens = f"{(row['prompt_tokens'] + row['completion_tokens']) / row['pairs']:.0f}"
+        lines.append(
+            f"| {row['model']} | {row['variant']} | {row['pairs_labelled']:,} | "
+            f"{row.get('unparsed', 0)} | {row['labels_per_hour']:,.0f} | {tokens} | "
+            f"{ci(row, 'kappa')} | {ci(row, 'kappa_binary')} | {ci(row, 'alpha')} | "
+            f"{ci(row, 'kendall_tau')} | {row['rbo']:.3f} |"
+        )
+    k = r.get("killcheck")
+    if k:
+        lines += [
+            "",
+            f"kill -9 check: {k['what']}: {k['stored_at_kill']} of {k['pairs']} stored at the "
+            f"kill, {k['stored_after_rerun']} after the rerun; **{k['lost_labels']} lost labels, "
+            f"{k['duplicate_requests']} duplicate requests** ({k['reissued_in_flight']} "
+            "request(s) in flight at the kill were sent again; their answers had not been "
+            "stored).",
+        ]
+    if rec:
+        lines += [
+            "",
+            f"Recommendations judged by the LLM (`hirex label --run`, beauty, top {rec['k']}): "
+            f"{rec['what']}.",
+            "",
+            "| run | users | pairs | mean LLM grade | share graded >= 2 | held-out R@10 | "
+            "held-out N@10 |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in rec["rows"]:
+            lines.append(
+                f"| {row['run']} | {row['users']} | {row['pairs']} | {row['mean_llm_grade']:.3f} "
+                f"| {row['llm_precision_at_k_grade_ge_2']:.3f} | "
+                f"{row['held_out_recall@10']:.4f} | {row['held_out_ndcg@10']:.4f} |"
+            )
+        lines += ["", f"Command: `{rec['command']}`."]
+    lines += ["", f"Command: `{r['command']}`."]
+    m = r["machine"]
+    lines += ["", f"Machine: {m['cores']} cores, {m['cpu_model']}.", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parts = []
     for path in sorted((HERE / "results").glob("*.json")):
@@ -333,6 +403,10 @@ def main() -> None:
             parts.append(serve_table(json.loads(path.read_text())))
         elif path.stem == "semantic_ids":
             parts.append(sid_table(json.loads(path.read_text())))
+        elif path.stem == "llm_labels":
+            rec = HERE / "results" / "llm_labels_rec.json"
+            rec_r = json.loads(rec.read_text()) if rec.exists() else None
+            parts.append(labels_table(json.loads(path.read_text()), rec_r))
     readme = HERE / "README.md"
     text = readme.read_text()
     head, rest = text.split(BEGIN, 1)
