@@ -72,6 +72,42 @@ def test_label_then_agree_then_eval(fake_server, tmp_path, capsys):
     assert main(["eval", "--trec-run", str(run), "--qrels", str(out), "--ks", "5"]) == 0
     assert "ndcg_cut_5" in capsys.readouterr().out
 
+    # the top 2 of each query of a TREC run: pairs judged above, so all from the cache
+    top2 = tmp_path / "top2.txt"
+    trec = label_args(files, s, tmp_path / "c.sqlite", "--trec-run", str(run), "--depth", "2")
+    assert main([*trec, "--output", str(top2)]) == 0
+    assert "6 pairs: 6 from the cache, 0 asked" in capsys.readouterr().out
+    assert {q: sorted(v) for q, v in read_qrels(top2).items()} == {
+        "q0": ["d6", "d9"],
+        "q1": ["d10", "d7"],
+        "q2": ["d11", "d8"],
+    }
+    assert len(s.requests()) == 12
+
+
+def test_label_options_are_checked(tmp_path, capsys):
+    files = write_trec_files(tmp_path / "data", 3)
+    base = [
+        "label",
+        "--qrels",
+        str(files["qrels"]),
+        "--queries",
+        str(files["queries"]),
+        "--passages",
+        str(files["passages"]),
+        "--cache",
+        str(tmp_path / "c.sqlite"),
+    ]
+    assert main([*base, "--set", "train.lr=1"]) == 2
+    assert "hirex label takes only label.KEY=VALUE" in capsys.readouterr().err
+    assert main([*base, "--set", "label.nosuch=1"]) == 2
+    assert "unknown keys ['nosuch'] in [label]" in capsys.readouterr().err
+    assert main([*base, "--variant", "RZ"]) == 2
+    assert "use each of the letters RDNAM" in capsys.readouterr().err
+    assert main([*base, "--model", "nosuch"]) == 2
+    assert "unknown local model 'nosuch'" in capsys.readouterr().err
+    assert not (tmp_path / "c.sqlite").exists()
+
 
 @pytest.mark.parametrize(
     ("breakage", "message"),

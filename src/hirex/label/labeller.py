@@ -213,11 +213,13 @@ def open_labeller(cfg: LabelConfig) -> Iterator[Labeller]:
     """A Labeller for ``cfg`` (the ``[label]`` config section); with ``backend = "local"``
     the llama.cpp server runs for the duration of the ``with`` block."""
     prompt = Prompt.build(load_template(cfg.template), cfg.variant or None, judges=cfg.judges)
-    cache = LabelCache(cfg.cache or Path.home() / ".cache" / "hirex" / "labels.sqlite")
+    cache_path = cfg.cache or Path.home() / ".cache" / "hirex" / "labels.sqlite"
+    # everything is checked before the cache file is created
     if cfg.backend == "local":
         model = cfg.model or os.environ.get("HIREX_LABEL_MODEL") or DEFAULT_LOCAL_MODEL
         server = LocalServer(model, threads=cfg.threads, ctx=cfg.ctx, parallel=cfg.concurrency)
         name = model if model in LOCAL_MODELS else server.gguf.name  # the cache key's model
+        cache = LabelCache(cache_path)
         with server:
             backend = OpenAIBackend(
                 server.base_url,
@@ -251,5 +253,11 @@ def open_labeller(cfg: LabelConfig) -> Iterator[Labeller]:
         max_tokens=cfg.max_tokens,
     )
     yield Labeller(
-        prompt, backend, cache, model, cfg.concurrency, cfg.price_prompt, cfg.price_completion
+        prompt,
+        backend,
+        LabelCache(cache_path),
+        model,
+        cfg.concurrency,
+        cfg.price_prompt,
+        cfg.price_completion,
     )
