@@ -351,7 +351,7 @@ def labels_table(r: dict, rec: dict | None) -> str:
             f"| {row['model']} | {row['variant']} | {row['pairs_labelled']:,} | "
             f"{row.get('unparsed', 0)} | {row['labels_per_hour']:,.0f} | {tokens} | "
             f"{ci(row, 'kappa')} | {ci(row, 'kappa_binary')} | {ci(row, 'alpha')} | "
-            f"{ci(row, 'kendall_tau')} | {row['rbo']:.3f} |"
+            f"{ci(row, 'kendall_tau')} | {ci(row, 'rbo')} |"
         )
     k = r.get("killcheck")
     if k:

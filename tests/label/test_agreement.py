@@ -72,3 +72,10 @@ def test_ranking_agreement():
     same = ranking_agreement(gold, gold * 0.5, ["A", "B", "C"], n_boot=50)
     assert same["kendall_tau"] == pytest.approx(1.0) and same["rbo"] == pytest.approx(1.0)
     assert same["kendall_tau_ci"] == [1.0, 1.0]
+
+
+def test_ranking_agreement_undefined_when_all_systems_tie():
+    gold = np.array([[0.3, 0.5], [0.2, 0.4], [0.1, 0.3]])
+    out = ranking_agreement(gold, np.zeros_like(gold), ["A", "B", "C"], n_boot=20)
+    assert out["kendall_tau"] is None and out["rbo"] is None
+    assert out["kendall_tau_undefined_share"] == 1.0

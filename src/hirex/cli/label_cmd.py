@@ -245,7 +245,7 @@ def run_agree(args: argparse.Namespace) -> int:
         out["ranking"] = rk
         print(
             f"  system rankings by {args.metric} over {len(qids)} queries: Kendall tau "
-            f"{_fmt(rk['kendall_tau'])} {rk['kendall_tau_ci']}, RBO {rk['rbo']:.3f}"
+            f"{_fmt(rk['kendall_tau'])} {rk['kendall_tau_ci']}, RBO {_fmt(rk['rbo'])}"
         )
         print(f"    gold: {' > '.join(rk['gold_order'])}")
         print(f"    LLM:  {' > '.join(rk['llm_order'])}")

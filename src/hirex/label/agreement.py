@@ -130,8 +130,10 @@ def ranking_agreement(
         raise ValueError(f"need two (S>=2, Q>=1) arrays of one shape; got {g.shape}, {m.shape}")
     names = list(systems)
 
-    def stats(cols: np.ndarray) -> tuple[float | None, float]:
+    def stats(cols: np.ndarray) -> tuple[float | None, float | None]:
         gm, mm = g[:, cols].mean(axis=1), m[:, cols].mean(axis=1)
+        if np.ptp(gm) == 0 or np.ptp(mm) == 0:
+            return None, None  # every system tied under one label set: no order to compare
         tau = kendalltau(gm, mm).statistic
         order_g = [names[i] for i in np.argsort(-gm, kind="stable")]
         order_m = [names[i] for i in np.argsort(-mm, kind="stable")]
