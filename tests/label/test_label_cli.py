@@ -226,3 +226,17 @@ def test_label_recommendations_of_a_run(fake_server, tmp_path, capsys):
     bad.write_text("nobody 0 item1 1\n")
     assert main(["eval", "--run", str(run), "--qrels", str(bad)]) == 2
     assert "query id 'nobody' is not a user" in capsys.readouterr().err
+
+
+def test_a_file_that_is_no_model_is_named(tmp_path, capsys):
+    pytest.importorskip("xllamacpp")
+    files = write_trec_files(tmp_path / "data", 3)
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not a model")
+    args = ["label", "--model", str(fake), "--qrels", str(files["qrels"]), "--queries",
+            str(files["queries"]), "--passages", str(files["passages"]), "--cache",
+            str(tmp_path / "c.sqlite"), "--output", str(tmp_path / "out.txt")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"while loading {fake}; is it a GGUF model file" in err
+    assert not (tmp_path / "out.txt").exists()

@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from hirex.label.backends import BackendError
+
 __all__ = ["LOCAL_MODELS", "LocalServer", "resolve_gguf"]
 
 log = logging.getLogger(__name__)
@@ -149,14 +151,18 @@ class LocalServer:
             str(self.parallel),
         ]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            if self.log_file:
+                out.close()  # the child holds its own copy
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"the local llama.cpp server for {self.gguf} exited with code "
-                    f"{self.process.returncode} while starting"
-                    + (f"; see {self.log_file}" if self.log_file else "")
+                raise BackendError(
+                    f"the local llama.cpp server exited with code {self.process.returncode} "
+                    f"while loading {self.gguf}; is it a GGUF model file llama.cpp can read?"
+                    + (f" (its log: {self.log_file})" if self.log_file else "")
                 )
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
@@ -169,7 +175,9 @@ class LocalServer:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"the local llama.cpp server did not answer in {self.startup_timeout}s")
+        raise BackendError(
+            f"the local llama.cpp server did not answer in {self.startup_timeout:.0f}s"
+        )
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
