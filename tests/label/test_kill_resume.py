@@ -92,11 +92,12 @@ def test_kill_9_then_resume_with_a_server_process(fake_server, tmp_path):
     assert after.get_many(list(stored)) == stored
     journal = after.journal()
     assert journal["duplicates"] == 0
-    # the server saw each pair once, except those in flight at the kill (at most 2)
+    # the server saw each pair once, except those in flight at the kill (at most 2, the
+    # concurrency); a request journaled but killed before it was sent never reached it
     counts = collections.Counter(s.requests())
-    assert len(counts) == 30
-    assert sum(counts.values()) == 30 + journal["reissued"] and journal["reissued"] <= 2
-    assert all(c == 1 for c in counts.values()) or max(counts.values()) == 2
+    assert len(counts) == 30 and max(counts.values()) <= 2
+    assert journal["reissued"] <= 2
+    assert 30 <= sum(counts.values()) <= 30 + journal["reissued"]
 
 
 def _all_keys(cache: Path) -> list[str]:
