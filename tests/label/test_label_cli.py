@@ -240,3 +240,18 @@ def test_a_file_that_is_no_model_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"while loading {fake}; is it a GGUF model file" in err
     assert not (tmp_path / "out.txt").exists()
+
+
+def test_agree_bad_inputs_write_nothing(tmp_path, capsys):
+    files = write_trec_files(tmp_path / "data", 3)
+    gold = str(files["qrels"])
+    assert main(["label", "agree", "--gold", gold, "--pred", gold, "--output", str(tmp_path)]) == 2
+    assert "is a folder; give a file path" in capsys.readouterr().err
+    assert main(["label", "agree", "--gold", gold, "--pred", gold, "--boot", "0"]) == 2
+    assert "--boot must be >= 1" in capsys.readouterr().err
+    other = tmp_path / "other.txt"
+    other.write_text("zz 0 d1 1\n")
+    out = tmp_path / "a.json"
+    assert main(["label", "agree", "--gold", gold, "--pred", str(other), "--output", str(out)]) == 2
+    assert "judge no pair in common" in capsys.readouterr().err
+    assert not out.exists()

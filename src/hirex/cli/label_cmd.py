@@ -198,6 +198,10 @@ def run_agree(args: argparse.Namespace) -> int:
     from hirex.eval.trec import trec_metrics
     from hirex.label.agreement import label_agreement, ranking_agreement
 
+    if args.boot < 1:
+        raise ValueError(f"--boot must be >= 1, got {args.boot}")
+    if args.output and Path(args.output).is_dir():
+        raise ValueError(f"--output {args.output} is a folder; give a file path for the JSON")
     gold, pred = read_qrels(args.gold), read_qrels(args.pred)
     both = [(q, d) for q in sorted(pred) for d in sorted(pred[q]) if d in gold.get(q, {})]
     if not both:

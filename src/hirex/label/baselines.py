@@ -68,7 +68,9 @@ def cosine_scores(
     de = encode_minilm([passages[d] for d in dids], max_tokens=max_tokens).embeddings
     qi = {q: i for i, q in enumerate(qids)}
     di = {d: i for i, d in enumerate(dids)}
-    return np.array([float(qe[qi[q]] @ de[di[d]]) for q, d in pairs])
+    rows = np.array([qi[q] for q, _ in pairs])
+    cols = np.array([di[d] for _, d in pairs])
+    return np.einsum("pd,pd->p", qe[rows], de[cols]).astype(np.float64)
 
 
 def apply_thresholds(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

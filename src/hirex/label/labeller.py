@@ -105,11 +105,11 @@ class Labeller:
         cached = self.cache.get_many(sorted(set(keys)))
         run = LabelRun(labels=[cached.get(k) for k in keys])
         run.cache_hits = sum(lab is not None for lab in run.labels)
-        todo: dict[str, list[int]] = {}
+        pending: dict[str, list[int]] = {}
         for i, k in enumerate(keys):
             if k not in cached:
-                todo.setdefault(k, []).append(i)
-        if todo:
+                pending.setdefault(k, []).append(i)
+        if pending:
             self.backend.check_reachable()
         bar = tqdm(
             total=len(pairs),
@@ -120,6 +120,7 @@ class Labeller:
         )
         lock = threading.Lock()
         started = time.perf_counter()
+        schema = self.prompt.json_schema()
         give_up = threading.Event()  # set after MAX_FAILURES_IN_A_ROW backend failures
         failures_in_a_row = [0]
 
@@ -127,16 +128,16 @@ class Labeller:
             pair = pairs[i]
             if give_up.is_set():
                 with lock:
-                    run.failed += len(todo[key])
+                    run.failed += len(pending[key])
                 return None
             rid = self.cache.begin_request(key)
             t = time.perf_counter()
             try:
-                c = self.backend.complete(messages[i], self.prompt.json_schema())
+                c = self.backend.complete(messages[i], schema)
             except BackendError as err:
                 self.cache.end_request(rid, "error")
                 with lock:
-                    run.failed += len(todo[key])
+                    run.failed += len(pending[key])
                     run.errors.append(str(err))
                     failures_in_a_row[0] += 1
                     if failures_in_a_row[0] >= MAX_FAILURES_IN_A_ROW:
@@ -178,12 +179,12 @@ class Labeller:
 
         try:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                futures = {pool.submit(one, k, idx[0]): k for k, idx in todo.items()}
+                futures = {pool.submit(one, k, idx[0]): k for k, idx in pending.items()}
                 for fut in as_completed(futures):
                     key = futures[fut]
                     lab = fut.result()
                     with lock:
-                        for i in todo[key]:
+                        for i in pending[key]:
                             run.labels[i] = lab
                         if lab is not None:
                             run.requested += 1
@@ -199,10 +200,10 @@ class Labeller:
                             },
                             refresh=False,
                         )
-                        bar.update(len(todo[key]))
+                        bar.update(len(pending[key]))
         finally:
             bar.close()
-        run.seconds = time.perf_counter() - t0 if todo else 0.0
+        run.seconds = time.perf_counter() - t0 if pending else 0.0
         if run.errors:
             log.warning("%d pairs failed; first error: %s", run.failed, run.errors[0])
         return run
