@@ -106,6 +106,8 @@ def test_label_options_are_checked(tmp_path, capsys):
     assert "use each of the letters RDNAM" in capsys.readouterr().err
     assert main([*base, "--model", "nosuch"]) == 2
     assert "unknown local model 'nosuch'" in capsys.readouterr().err
+    assert main([*base, "--backend", "local", "--base-url", "http://127.0.0.1:1/v1"]) == 2
+    assert "--base-url is for --backend openai" in capsys.readouterr().err
     assert not (tmp_path / "c.sqlite").exists()
 
 

@@ -111,6 +111,10 @@ def label_config(args: argparse.Namespace):  # noqa: ANN201
             overrides.append(f"label.{key}={_toml_str(value)}")
     if args.concurrency is not None:
         overrides.append(f"label.concurrency={args.concurrency}")
+    if args.base_url and args.backend == "local":
+        raise ValueError(
+            "--base-url is for --backend openai; the local backend starts its own server"
+        )
     if args.base_url and not args.backend:
         overrides.append('label.backend="openai"')
     return apply_overrides(cfg, overrides).label
