@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,18 +125,37 @@ def train_model(
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
-    result = _Loop(cfg, dataset, dataset.train, out, CHECKPOINT, device, progress).run(
-        validate=True
+    result = train_phases(
+        cfg,
+        dataset,
+        lambda phase_cfg, train, name: _Loop(
+            phase_cfg, dataset, train, out, name, device, progress
+        ),
     )
+    if out is not None:
+        result.model.save(out / MODEL, extra={"best_epoch": str(result.best_epoch)})
+        if result.codebooks is not None:
+            save_codebooks(result.codebooks, out / CODEBOOKS)
+    return result
+
+
+def train_phases(
+    cfg: RunConfig,
+    dataset: Dataset,
+    make_loop: Callable[[RunConfig, Interactions, str], _Loop],
+) -> TrainResult:
+    """The phases of a training run: train with early stopping on validation, refit on train +
+    valid when ``train.refit``, attach the spectral branch. ``make_loop(cfg, train,
+    checkpoint_name)`` builds each phase's loop (one process, or one rank of a distributed
+    job); the result is complete where the loop's ``run`` returns a model."""
+    result = make_loop(cfg, dataset.train, CHECKPOINT).run(validate=True)
     if cfg.train.refit:
         log.info("refit on train + valid for %d epochs", result.best_epoch + 1)
         refit_cfg = dataclasses.replace(
             cfg, train=dataclasses.replace(cfg.train, epochs=result.best_epoch + 1)
         )
         full = dataset.train.concat(dataset.valid)
-        refit = _Loop(refit_cfg, dataset, full, out, REFIT_CHECKPOINT, device, progress).run(
-            validate=False
-        )
+        refit = make_loop(refit_cfg, full, REFIT_CHECKPOINT).run(validate=False)
         result = TrainResult(
             refit.model,
             result.epochs + refit.epochs,
@@ -144,12 +164,8 @@ def train_model(
             result.train_seconds + refit.train_seconds,
             refit.codebooks,
         )
-    if result.model.spectral is not None:
+    if result.model is not None and result.model.spectral is not None:
         result = _attach_spectral(cfg, dataset, result)
-    if out is not None:
-        result.model.save(out / MODEL, extra={"best_epoch": str(result.best_epoch)})
-        if result.codebooks is not None:
-            save_codebooks(result.codebooks, out / CODEBOOKS)
     return result
 
 
@@ -307,7 +323,8 @@ class _Loop:
         if isinstance(batch, UserTargetsBatch):
             u = self.model.encode_users(batch.users.to(self.device))
             return u, batch.target_rows.to(self.device), batch.target_items.to(self.device)
-        u = self.model.encode_users(batch.users.to(self.device))
+        lo, hi = self._row_range(len(batch.positives))
+        u = self.model.encode_users(batch.users.slice(lo, hi).to(self.device))
         return u, None, batch.positives.to(self.device)
 
     def _loss(self, epoch: int, step: int) -> torch.Tensor:
@@ -315,6 +332,8 @@ class _Loop:
         torch.manual_seed(int(step_rng(tc.seed, epoch, step).integers(2**62)))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
             u, rows, pos = self._rows(epoch, step)
+            # This process's rows: all of them, or a rank's share of a distributed batch.
+            mine = slice(*self._row_range(len(pos))) if rows is None else slice(None)
             weights = None
             if rows is not None:
                 # Each user weighs the same, whatever its number of targets.
@@ -324,7 +343,7 @@ class _Loop:
                 candidates = torch.arange(self.dataset.n_items, device=self.device)
                 items = self.model.encode_items(candidates)
                 scores = self.model.score(u, items).float()
-                loss = full_softmax_loss(scores, pos, weights, rows)
+                loss = full_softmax_loss(scores, pos[mine], weights, rows)
                 if self.indexer is None:
                     return loss
                 per_pos = scores[rows] if rows is not None else scores
@@ -356,21 +375,23 @@ class _Loop:
             pos_col = torch.arange(m, device=self.device)
             if not tc.in_batch_negatives:
                 # The positives' columns are only for their own row: mask them elsewhere.
-                other = pos_col[None, :m] != pos_col[:, None]
+                other = pos_col[None, :m] != pos_col[mine, None]
                 scores[:, :m] = scores[:, :m].masked_fill(other, float("-inf"))
             if tc.loss == "ccl":
                 cos = scores * self.cfg.model.temperature if self.cfg.model.cosine else scores
                 loss = cosine_contrastive_loss(
                     cos,
                     candidates,
-                    pos_col,
-                    pos,
+                    pos_col[mine],
+                    pos[mine],
                     tc.ccl_margin,
                     tc.ccl_negative_weight,
                     weights,
                 )
             else:
-                loss = sampled_softmax_loss(scores, candidates, pos_col, pos, log_q, weights)
+                loss = sampled_softmax_loss(
+                    scores, candidates, pos_col[mine], pos[mine], log_q, weights
+                )
             return loss + self._index_loss(
                 epoch, step, u, rows, items, scores, candidates, pos_col, pos, log_q, weights
             )
@@ -389,9 +410,40 @@ class _Loop:
             {"model": self.model, "index": self.indexer.codebooks, "state": self.indexer.state}
         )
 
+    # Hooks that a distributed loop (hirex.distributed.trainer) overrides.
     def _save(self, state: dict[str, Any]) -> None:
         if self.ckpt is not None:
             save_checkpoint(self.ckpt, self._saved_modules(), self.optimizer, state)
+
+    def _load(self) -> dict[str, Any]:
+        assert self.ckpt is not None
+        return load_checkpoint(self.ckpt, self._saved_modules(), self.optimizer)
+
+    def _row_range(self, m: int) -> tuple[int, int]:
+        """The rows of an m-row batch this process computes the loss of (all of them here)."""
+        return 0, m
+
+    def _loss_value(self, loss: torch.Tensor) -> float:
+        """The batch's loss as logged and checked for finiteness."""
+        return float(loss.item())
+
+    def _validate(self) -> dict[str, float]:
+        return evaluate_split(self.cfg, self.model, self.dataset, "valid").metrics
+
+    def _snapshot(self) -> dict[str, torch.Tensor] | None:
+        """The weights to keep as the best so far."""
+        return copy.deepcopy(self.model.state_dict())
+
+    def _save_best(self, epoch: int) -> None:
+        assert self.out is not None
+        self.model.save(self.out / MODEL, extra={"best_epoch": str(epoch)})
+        if self.indexer is not None:
+            save_codebooks(self.indexer.codebooks, self.out / CODEBOOKS)
+
+    def _final_model(self, best: dict[str, torch.Tensor] | None) -> RetrievalModel | None:
+        if best is not None:
+            self.model.load_state_dict(best)
+        return self.model.eval()
 
     def run(self, validate: bool) -> TrainResult:
         tc = self.cfg.train
@@ -411,7 +463,7 @@ class _Loop:
         best_weights: dict[str, torch.Tensor] | None = None
         best_codebooks: dict[str, torch.Tensor] | None = None
         if self.ckpt is not None and self.ckpt.exists():
-            state = load_checkpoint(self.ckpt, self._saved_modules(), self.optimizer)
+            state = self._load()
             if not same_config(state["config"], self.cfg):
                 raise ConfigError(
                     f"{self.ckpt} was written with another config; train into a new output "
@@ -445,15 +497,16 @@ class _Loop:
                 self.indexer.epoch_start(self.model, epoch)
             for step in bar:
                 loss = self._loss(epoch, step)
-                if not torch.isfinite(loss):
+                value = self._loss_value(loss)
+                if not math.isfinite(value):
                     raise FloatingPointError(
-                        f"loss became {loss.item()} at epoch {epoch + 1} step {step}; "
+                        f"loss became {value} at epoch {epoch + 1} step {step}; "
                         "lower train.lr or raise model.temperature"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                state["loss_sum"] += loss.item()
+                state["loss_sum"] += value
                 state["step"] = step + 1
                 done_here = step + 1 - first_step
                 bar.set_postfix(
@@ -469,18 +522,16 @@ class _Loop:
                     self._save(state)
             record: dict[str, Any] = {"epoch": epoch + 1, "loss": state["loss_sum"] / steps}
             if validate:
-                ev = evaluate_split(self.cfg, self.model, self.dataset, "valid")
-                record["valid"] = ev.metrics
-                value = ev.metrics[self.metric]
+                metrics = self._validate()
+                record["valid"] = metrics
+                value = metrics[self.metric]
                 if state["best"] is None or value > state["best"]:
                     state.update(best=value, best_epoch=epoch, bad=0)
-                    best_weights = copy.deepcopy(self.model.state_dict())
+                    best_weights = self._snapshot()
                     if self.indexer is not None:
                         best_codebooks = copy.deepcopy(self.indexer.codebooks.state_dict())
                     if self.out is not None:
-                        self.model.save(self.out / MODEL, extra={"best_epoch": str(epoch)})
-                        if self.indexer is not None:
-                            save_codebooks(self.indexer.codebooks, self.out / CODEBOOKS)
+                        self._save_best(epoch)
                 else:
                     state["bad"] += 1
                     if state["bad"] >= tc.patience:
@@ -499,16 +550,14 @@ class _Loop:
             state.update(epoch=epoch + 1, step=0, loss_sum=0.0)
             state["seconds"] = time.perf_counter() - t_start
             self._save(state)
-        if validate and best_weights is not None:
-            self.model.load_state_dict(best_weights)
-            if self.indexer is not None and best_codebooks is not None:
-                self.indexer.codebooks.load_state_dict(best_codebooks)
+        model = self._final_model(best_weights if validate else None)
+        if validate and self.indexer is not None and best_codebooks is not None:
+            self.indexer.codebooks.load_state_dict(best_codebooks)
         best_valid = {}
         if validate and state["epochs"]:
             best_valid = state["epochs"][state["best_epoch"]].get("valid", {})
-        self.model.eval()
         return TrainResult(
-            self.model,
+            model,  # type: ignore[arg-type]  # None only on a distributed job's other ranks
             state["epochs"],
             state["best_epoch"],
             best_valid,
