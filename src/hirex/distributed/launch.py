@@ -50,9 +50,7 @@ class LaunchConfig:
         if self.rdzv_endpoint is not None:
             host, _, port = self.rdzv_endpoint.rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(
-                    f"--rdzv-endpoint {self.rdzv_endpoint!r} must look like HOST:PORT"
-                )
+                raise ValueError(f"--rdzv-endpoint {self.rdzv_endpoint!r} must look like HOST:PORT")
 
     @property
     def world_size(self) -> int:
@@ -102,9 +100,7 @@ def launch(
         # Gloo binds to the address the host name resolves to; pin it to the loopback.
         child_env.setdefault("GLOO_SOCKET_IFNAME", _loopback_interface())
     cmd = _agent_command(cfg, endpoint, module, args)
-    agents = [
-        subprocess.Popen(cmd, env=child_env, start_new_session=True) for _ in range(n_agents)
-    ]
+    agents = [subprocess.Popen(cmd, env=child_env, start_new_session=True) for _ in range(n_agents)]
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     status = 0
     try:
@@ -198,8 +194,10 @@ def init_worker(device: str = "cpu") -> Worker:
 def finish_worker(code: int = 0) -> None:
     """Leave the process group and exit at once: a rank sometimes aborts in interpreter
     shutdown after ``destroy_process_group``, which would turn a finished job into a failed
-    one, so this flushes the output and ends the process with ``os._exit``."""
-    if dist.is_initialized():
+    one, so this flushes the output and ends the process with ``os._exit``. A failing rank
+    (``code != 0``) leaves at once: its agent then fails and ``launch`` stops the others."""
+    if dist.is_initialized() and code == 0:
+        # After a failure the other ranks may be inside another collective: no barrier then.
         with contextlib.suppress(Exception):
             dist.barrier()
         with contextlib.suppress(Exception):

@@ -96,7 +96,11 @@ class PooledHistory(nn.Module):
 
     def forward(self, batch: UserBatch) -> torch.Tensor:
         """-> (B, D)"""
-        return pool_history(batch, self.emb.weight, self.exponent)
+        if isinstance(self.emb, nn.Embedding):
+            return pool_history(batch, self.emb.weight, self.exponent)
+        # A table held elsewhere (hirex.distributed.tables.ShardedTable) sums the bags itself.
+        summed = self.emb.bag_sum(batch.hist_items, batch.hist_indptr)
+        return summed / batch.lengths.to(summed.dtype).clamp(min=1.0)[:, None] ** self.exponent
 
 
 def pool_history(batch: UserBatch, table: torch.Tensor, exponent: float) -> torch.Tensor:
@@ -246,7 +250,8 @@ class UserTower(nn.Module):
             out = self.proj(hist) if self.proj is not None else hist
         if self.id_emb is not None:
             known = users >= 0
-            ids = self.id_emb(users.clamp(min=0)) * known[..., None].to(self.id_emb.weight.dtype)
+            ids = self.id_emb(users.clamp(min=0))
+            ids = ids * known[..., None].to(ids.dtype)
             out = ids if out is None else out + ids
         assert out is not None
         return out.reshape(*users.shape, self.n_embs, self.dim)
