@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from hirex.data.ctr import SyntheticCtrConfig, make_synthetic_ctr
@@ -123,14 +124,39 @@ def task_exact(args: argparse.Namespace, w) -> dict:  # noqa: ANN001
             float((logits[name] - logits_ref[rows].detach()).abs().max())
         )
         out[f"{name}_vs_reference_grads"] = maxdiff(grads[name], grads_ref)
-    out["sptt_vs_flat_logits"] = reduce_max(
-        float((logits["sptt"] - logits["flat_table_wise"]).abs().max())
-    )
-    out["sptt_vs_flat_grads"] = maxdiff(grads["sptt"], grads["flat_table_wise"])
+    for flat in ("flat_table_wise", "flat_row_wise"):
+        out[f"sptt_vs_{flat}_logits"] = reduce_max(
+            float((logits["sptt"] - logits[flat]).abs().max())
+        )
+        out[f"sptt_vs_{flat}_grads"] = maxdiff(grads["sptt"], grads[flat])
     out["max_abs_grad"] = max(float(v.abs().max()) for v in grads_ref.values())
     out["max_abs_table_grad"] = max(float(grads_ref[k].abs().max()) for k in tables)
-    out["sptt_max_abs_diff"] = max(out["sptt_vs_flat_logits"], out["sptt_vs_flat_grads"])
+    out["sptt_max_abs_diff"] = max(
+        out[f"sptt_vs_{f}_{x}"]
+        for f in ("flat_table_wise", "flat_row_wise")
+        for x in ("logits", "grads")
+    )
     return out
+
+
+def _time_all_to_all(world: int, reps: int = 10) -> dict:
+    """Seconds per world all-to-all on this machine, for a tiny and a large payload (the
+    loopback's latency and bandwidth for the cost model's check)."""
+    res = {}
+    for label, floats in (("small", world), ("large", world * 262_144)):
+        x = torch.ones(floats)
+        y = torch.empty_like(x)
+        dist.all_to_all_single(y, x)
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            dist.all_to_all_single(y, x)
+        dist.barrier()
+        res[label] = {
+            "sent_bytes": 4 * floats * (world - 1) / world,
+            "seconds": (time.perf_counter() - t0) / reps,
+        }
+    return res
 
 
 def task_bytes(args: argparse.Namespace, w) -> dict:  # noqa: ANN001
@@ -152,6 +178,7 @@ def task_bytes(args: argparse.Namespace, w) -> dict:  # noqa: ANN001
         "towers": towers,
         "variants": {},
     }
+    out["loopback_all_to_all"] = _time_all_to_all(w.world_size)
     for name, (tw, width, flat) in variants.items():
         model = _make(args, tw, width)
         dmp = shard_model(model, w.world_size, w.local_world_size, flat)
@@ -186,9 +213,34 @@ def task_bytes(args: argparse.Namespace, w) -> dict:  # noqa: ANN001
     return out
 
 
+def task_count(args: argparse.Namespace, w) -> dict:  # noqa: ANN001
+    """Hand-computable collectives inside a CommCounter; every rank's totals."""
+    r, ws = w.rank, w.world_size
+    counter = CommCounter(w.local_world_size)
+    ddp = torch.nn.parallel.DistributedDataParallel(nn.Linear(10, 1, bias=False))  # 40 bytes
+    assert CommCounter.watch_ddp(ddp) == 1
+    with counter:
+        # all-to-all: rank r sends (j + 1) float32 rows of 3 to rank j: 12 (j + 1) bytes
+        splits = [j + 1 for j in range(ws)]
+        recv = [r + 1] * ws
+        out = torch.empty(sum(recv), 3)
+        dist.all_to_all_single(out, torch.ones(sum(splits), 3), recv, splits)
+        # all-reduce of 8 float64 (64 bytes): 2 * 64 / W to each peer
+        dist.all_reduce(torch.ones(8, dtype=torch.float64))
+        # all-gather of 5 int64 (40 bytes) to each peer
+        dist.all_gather_into_tensor(torch.empty(5 * ws, dtype=torch.int64), torch.ones(5, dtype=torch.int64))
+        # reduce-scatter of 4 W float32: 16 bytes to each peer
+        dist.reduce_scatter_tensor(torch.empty(4), torch.ones(4 * ws))
+        # DDP's gradient all-reduce of 40 bytes, through the hook
+        ddp(torch.ones(2, 10)).sum().backward()
+    gathered: list = [None] * ws
+    dist.all_gather_object(gathered, counter.totals.as_dict())
+    return {"world_size": ws, "local_world_size": w.local_world_size, "per_rank": gathered}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("task", choices=["exact", "bytes"])
+    p.add_argument("task", choices=sorted(TASKS))
     p.add_argument("--out", required=True)
     p.add_argument("--tables", type=int, default=8)
     p.add_argument("--table-size", type=int, default=64)
@@ -203,7 +255,7 @@ def main() -> None:
     w = init_worker()
     code = 0
     try:
-        result = task_exact(args, w) if args.task == "exact" else task_bytes(args, w)
+        result = TASKS[args.task](args, w)
         if w.rank == 0:
             Path(args.out).write_text(json.dumps(result, indent=1))
     except Exception:
@@ -213,6 +265,8 @@ def main() -> None:
         code = 1
     finish_worker(code)
 
+
+TASKS = {"exact": task_exact, "bytes": task_bytes, "count": task_count}
 
 if __name__ == "__main__":
     main()

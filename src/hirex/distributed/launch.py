@@ -110,9 +110,10 @@ def launch(
                 if rc is None:
                     continue
                 agents.remove(agent)
-                if rc != 0 and status == 0:
-                    status = rc
+                if rc != 0:
+                    status = status or rc
                     _stop(agents)  # the others would wait in a collective until the timeout
+                    break
             if deadline is not None and time.monotonic() > deadline and agents:
                 status = status or 124
                 _stop(agents)

@@ -29,9 +29,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.distributed.types import LazyAwaitable
 from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerCollection
 
-from hirex.distributed.towers import IdentityTower, TowerInteraction, pairwise_dots
+from hirex.distributed.towers import IdentityTower, TowerInteraction, keyed_values, pairwise_dots
 
 __all__ = [
     "CpuEmbeddingTowerCollectionSharder",
@@ -125,9 +126,9 @@ class TowerDLRM(nn.Module):
                     f"towers {towers} must be non-empty and partition the features 0..{n - 1}"
                 )
             mods = [
-                IdentityTower(len(t), dim)
+                IdentityTower(len(t), dim, [feature_name(f) for f in t])
                 if tower_width is None
-                else TowerInteraction(len(t), dim, tower_width)
+                else TowerInteraction(len(t), dim, tower_width, [feature_name(f) for f in t])
                 for t in self.towers
             ]
             self.sparse = EmbeddingTowerCollection(
@@ -135,6 +136,8 @@ class TowerDLRM(nn.Module):
             )
             n_vec = 1 + sum(m.width for m in mods) // dim
         self.tower_width = tower_width
+        self._keys = [feature_name(f) for f in range(n)] if towers is None else None
+        self._table_shapes = {table_name(f): (int(table_sizes[f]), dim) for f in range(n)}
         # identity towers: the tower outputs concatenated are the features in tower order
         order = [f for t in self.towers for f in t] if self.towers else list(range(n))
         self.register_buffer("_inverse", torch.argsort(torch.tensor(order)), persistent=False)
@@ -154,7 +157,10 @@ class TowerDLRM(nn.Module):
         kjt = sparse_to_kjt(sparse) if isinstance(sparse, torch.Tensor) else sparse
         d = self.bottom(dense)  # (B, D)
         out = self.sparse(kjt)
-        x = out.values() if hasattr(out, "values") and not isinstance(out, torch.Tensor) else out
+        if isinstance(out, LazyAwaitable):  # sharded modules return awaitables
+            out = out.wait()
+        # (B, F * D) pooled embeddings (flat) or (B, sum of widths) tower outputs (SPTT)
+        x = keyed_values(out, self._keys, self.dim)
         if self.tower_width is None:
             vecs = x.view(len(x), self.n_features, self.dim)[:, self._inverse]
             vecs = torch.cat([d.unsqueeze(1), vecs], dim=1)
@@ -166,17 +172,8 @@ class TowerDLRM(nn.Module):
         return self.top(torch.cat(feats, dim=1)).squeeze(-1)
 
     def table_sizes(self) -> dict[str, tuple[int, int]]:
-        """Table name -> (rows, dim)."""
-        ebcs = (
-            [self.sparse]
-            if self.towers is None
-            else [t.embedding for t in self.sparse.towers]  # type: ignore[union-attr]
-        )
-        return {
-            c.name: (c.num_embeddings, c.embedding_dim)
-            for e in ebcs
-            for c in e.embedding_bag_configs()
-        }
+        """Table name -> (rows, dim) (recorded before sharding replaces ``sparse``)."""
+        return dict(self._table_shapes)
 
 
 # -- sharding ----------------------------------------------------------------------------

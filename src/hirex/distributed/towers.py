@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["IdentityTower", "TowerInteraction", "pairwise_dots"]
+__all__ = ["IdentityTower", "TowerInteraction", "keyed_values", "pairwise_dots"]
 
 
 def pairwise_dots(vecs: torch.Tensor) -> torch.Tensor:
@@ -24,22 +24,32 @@ def pairwise_dots(vecs: torch.Tensor) -> torch.Tensor:
     return torch.bmm(vecs, vecs.transpose(1, 2))[:, i, j]
 
 
-def _values(embeddings) -> torch.Tensor:  # noqa: ANN001
-    # a TorchRec KeyedTensor (sharded or not) or a plain (B, F_t * D) tensor
-    return embeddings.values() if hasattr(embeddings, "values") else embeddings
+def keyed_values(embeddings, keys: list[str] | None, dim: int) -> torch.Tensor:  # noqa: ANN001
+    """A TorchRec KeyedTensor of pooled embeddings -> (B, len(keys) * dim) in the order of
+    ``keys`` (sharded modules may return their keys in another order, e.g. table-wise by
+    rank); a plain tensor is returned as it is."""
+    if isinstance(embeddings, torch.Tensor) or keys is None:
+        return embeddings if isinstance(embeddings, torch.Tensor) else embeddings.values()
+    x = embeddings.values()
+    got = list(embeddings.keys())
+    if got == keys:
+        return x
+    perm = torch.tensor([got.index(k) for k in keys], device=x.device)
+    return x.view(len(x), len(got), dim)[:, perm].reshape(len(x), -1)
 
 
 class IdentityTower(nn.Module):
     """The tower's pooled embeddings unchanged: (B, F_t * D) -> (B, F_t * D)."""
 
-    def __init__(self, n_features: int, dim: int) -> None:
+    def __init__(self, n_features: int, dim: int, keys: list[str] | None = None) -> None:
         super().__init__()
+        self.keys = keys
         self.n_features = n_features
         self.dim = dim
         self.width = n_features * dim
 
     def forward(self, embeddings) -> torch.Tensor:  # noqa: ANN001
-        return _values(embeddings)
+        return keyed_values(embeddings, self.keys, self.dim)
 
 
 class TowerInteraction(nn.Module):
@@ -50,8 +60,11 @@ class TowerInteraction(nn.Module):
     multiple of ``dim``: the top model reads the output as ``width / dim`` vectors of ``dim``
     for its cross-tower interaction."""
 
-    def __init__(self, n_features: int, dim: int, width: int) -> None:
+    def __init__(
+        self, n_features: int, dim: int, width: int, keys: list[str] | None = None
+    ) -> None:
         super().__init__()
+        self.keys = keys
         if n_features < 1:
             raise ValueError("a tower needs at least one feature")
         if width < dim or width % dim:
@@ -63,6 +76,6 @@ class TowerInteraction(nn.Module):
         self.proj = nn.Linear(n_features * dim + n_pairs, width)
 
     def forward(self, embeddings) -> torch.Tensor:  # noqa: ANN001
-        x = _values(embeddings)
+        x = keyed_values(embeddings, self.keys, self.dim)
         vecs = x.view(len(x), self.n_features, self.dim)
         return self.proj(torch.cat([x, pairwise_dots(vecs)], dim=1))
