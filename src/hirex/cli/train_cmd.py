@@ -89,7 +89,11 @@ def _run_distributed(args: argparse.Namespace, cfg: RunConfig, out: str) -> int:
             file=sys.stderr,
         )
         return 1
-    report = json.loads((Path(out_dir) / "metrics.json").read_text())
+    metrics = Path(out_dir) / "metrics.json"
+    if not metrics.exists():  # real hosts without a shared file system: rank 0's host has it
+        print(f"training finished; the host of rank 0 holds the run folder {out_dir}/")
+        return 0
+    report = json.loads(metrics.read_text())
     print(f"trained {len(report['epochs'])} epochs, best epoch {report['best_epoch']}")
     _print_report(report, out)
     return 0
