@@ -107,46 +107,60 @@ def _worker_pids(marker: str) -> list[int]:
     ]
 
 
-@pytest.mark.parametrize("resume", ["distributed", "single"])
-def test_kill_one_rank_then_resume(tmp_path, resume):
-    # Long enough (3 epochs of 39 steps) that the kill lands mid-run; a checkpoint every 5.
-    args = [
-        *TINY,
-        "--set",
-        "train.epochs=3",
-        "--set",
-        "train.patience=10",
-        "--set",
-        "train.batch_size=64",
-        "--set",
-        "train.checkpoint_every=5",
-    ]
-    reference = tmp_path / "reference"
-    assert main(["train", *args, "--out", str(reference)]) == 0
+# Long enough (3 epochs of 39 steps) that a kill lands mid-run; a checkpoint every 5 steps.
+KILLED = [
+    *TINY,
+    "--set",
+    "train.epochs=3",
+    "--set",
+    "train.patience=10",
+    "--set",
+    "train.batch_size=64",
+    "--set",
+    "train.checkpoint_every=5",
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    assert main(["train", *KILLED, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    ("first", "resume"),
+    [("distributed", "distributed"), ("distributed", "single"), ("single", "distributed")],
+)
+def test_kill_then_resume(tmp_path, uninterrupted, first, resume):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "hirex.cli.main", "train", *args, *TWO_HOSTS, "--out", str(run)]
+    spread = TWO_HOSTS if first == "distributed" else []
+    cmd = [sys.executable, "-m", "hirex.cli.main", "train", *KILLED, *spread, "--out", str(run)]
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         end = time.monotonic() + 120
         while not (run / "checkpoint.safetensors").exists() and time.monotonic() < end:
             assert job.poll() is None, job.communicate()
             time.sleep(0.05)
-        victims = _worker_pids(str(run))
-        assert len(victims) == 4, victims
-        os.kill(victims[-1], signal.SIGKILL)
+        victims = _worker_pids(str(run)) if first == "distributed" else [job.pid]
+        assert len(victims) == (4 if first == "distributed" else 1), victims
+        os.kill(victims[-1], signal.SIGKILL)  # one rank of four, or the single process
         _, err = job.communicate(timeout=120)
     finally:
         if job.poll() is None:
             job.kill()
-    assert job.returncode == 1, err[-3000:]
-    assert "a training process failed" in err and "resumes from it" in err
+    if first == "distributed":
+        assert job.returncode == 1, err[-3000:]
+        assert "a training process failed" in err and "resumes from it" in err
+    else:
+        assert job.returncode == -signal.SIGKILL
     _assert_none_left(str(run))
     state = json.loads(load_file_meta(run / "checkpoint.safetensors")["state"])
     assert not state["done"] and (state["epoch"], state["step"]) != (0, 0)
     # Rerun: resumes from the checkpoint and ends where the uninterrupted run ended.
-    again = [*args, "--out", str(run)] + (TWO_HOSTS if resume == "distributed" else [])
+    again = [*KILLED, "--out", str(run)] + (TWO_HOSTS if resume == "distributed" else [])
     assert main(["train", *again]) == 0
-    assert _max_diff(reference / "model.safetensors", run / "model.safetensors") < 1e-5
+    assert _max_diff(uninterrupted / "model.safetensors", run / "model.safetensors") < 1e-5
     _assert_none_left(str(run))
 
 
