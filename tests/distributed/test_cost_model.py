@@ -9,6 +9,7 @@ from hirex.distributed.cost_model import (
     Profile,
     Topology,
     profile_from_counts,
+    scale_batch,
     speedups,
     step_time,
     term_bytes,
@@ -80,6 +81,23 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="multiple of 8"):
         step_time(Profile(()), 12, Topology())
     with pytest.raises(ValueError, match="no scaling law"):
-        profile_from_counts({"0,1,2,3/gather": {"within_host": 1, "cross_host": 1, "calls": 1}}, 4, 2)
+        profile_from_counts(
+            {"0,1,2,3/gather": {"within_host": 1, "cross_host": 1, "calls": 1}}, 4, 2
+        )
     with pytest.raises(ValueError, match="bandwidths"):
         Topology(inter_bw=0)
+
+
+def test_scale_batch_grows_per_sample_bytes_not_gradients():
+    p = Profile(
+        (
+            CommTerm("all_to_all_single", "world", 2, 100.0),
+            CommTerm("all_reduce", "world", 1, 50.0),
+        ),
+        compute_s=0.5,
+    )
+    q = scale_batch(p, 4)
+    assert [t.size for t in q.terms] == [400.0, 50.0]
+    assert [t.calls for t in q.terms] == [2, 1] and q.compute_s == 2.0
+    with pytest.raises(ValueError, match="must be > 0"):
+        scale_batch(p, 0)

@@ -87,9 +87,9 @@ class CommTotals:
 class CommCounter:
     """Counts this rank's sent bytes while open::
 
-        with CommCounter(local_world_size) as counter:
-            loss = model(batch).sum(); loss.backward()
-        counter.totals.cross_host
+    with CommCounter(local_world_size) as counter:
+        loss = model(batch).sum(); loss.backward()
+    counter.totals.cross_host
     """
 
     def __init__(self, local_world_size: int) -> None:

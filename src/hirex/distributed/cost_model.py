@@ -33,7 +33,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["CommTerm", "Profile", "Topology", "profile_from_counts", "speedups", "step_time", "term_bytes"]
+__all__ = [
+    "CommTerm",
+    "Profile",
+    "Topology",
+    "profile_from_counts",
+    "scale_batch",
+    "speedups",
+    "step_time",
+    "term_bytes",
+]
 
 _A2A = ("all_to_all_single", "all_to_all", "functional_all_to_all_single")
 _PER_PEER = ("reduce_scatter", "reduce_scatter_tensor", "all_gather", "all_gather_into_tensor")
@@ -52,7 +61,10 @@ class Topology:
     local_size: int = 8
 
     def __post_init__(self) -> None:
-        if min(self.intra_bw, self.inter_bw) <= 0 or min(self.intra_latency, self.inter_latency) < 0:
+        if (
+            min(self.intra_bw, self.inter_bw) <= 0
+            or min(self.intra_latency, self.inter_latency) < 0
+        ):
             raise ValueError("bandwidths must be > 0 and latencies >= 0")
         if self.local_size < 1:
             raise ValueError(f"local_size = {self.local_size}; must be >= 1")
@@ -200,6 +212,19 @@ def step_time(profile: Profile, world_size: int, topo: Topology) -> dict[str, fl
         "within_host_bytes": within,
         "cross_host_bytes": cross,
     }
+
+
+def scale_batch(profile: Profile, factor: float) -> Profile:
+    """The profile at ``factor`` times the per-rank batch: all-to-all, reduce-scatter and
+    all-gather bytes and the compute time grow in proportion (they are per sample), the
+    all-reduced gradient bytes and the number of calls do not."""
+    if factor <= 0:
+        raise ValueError(f"batch factor {factor}; must be > 0")
+    terms = tuple(
+        t if _kind(t.op) == "ring" else CommTerm(t.op, t.scope, t.calls, t.size * factor)
+        for t in profile.terms
+    )
+    return Profile(terms, profile.compute_s * factor, {**profile.meta, "batch_factor": factor})
 
 
 def speedups(

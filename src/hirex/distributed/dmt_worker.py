@@ -9,7 +9,9 @@ Tasks (rank 0 writes ``--out`` as JSON):
 - ``bytes``: per-step bytes each rank sends, within and cross host (counted in the
   collectives by :class:`~hirex.distributed.comm_bytes.CommCounter`), and step time, for the
   flat model (table-wise and row-wise), SPTT, and SPTT with tower modules at each
-  ``--widths``.
+  ``--widths``; and the loopback's all-to-all time (small and large payloads).
+- ``count``: hand-computable collectives (and a DDP gradient all-reduce) inside a
+  ``CommCounter``: what every rank counted, for the counter's test.
 """
 
 from __future__ import annotations
@@ -75,8 +77,11 @@ def task_exact(args: argparse.Namespace, w) -> dict:  # noqa: ANN001
     rows = slice(w.rank * b, (w.rank + 1) * b)
 
     ref = _make(args, None, None)
-    tables = {k.split("embedding_bags.")[1].split(".")[0]: v.detach().clone()
-              for k, v in ref.state_dict().items() if "embedding_bags" in k}
+    tables = {
+        k.split("embedding_bags.")[1].split(".")[0]: v.detach().clone()
+        for k, v in ref.state_dict().items()
+        if "embedding_bags" in k
+    }
     dense0 = {k: v.detach().clone() for k, v in _dense_state(ref).items()}
     # reference: the global batch in one process; the loss DDP and TorchRec's gradient
     # division make of per-rank sums: sum over the global batch / world size
@@ -228,7 +233,9 @@ def task_count(args: argparse.Namespace, w) -> dict:  # noqa: ANN001
         # all-reduce of 8 float64 (64 bytes): 2 * 64 / W to each peer
         dist.all_reduce(torch.ones(8, dtype=torch.float64))
         # all-gather of 5 int64 (40 bytes) to each peer
-        dist.all_gather_into_tensor(torch.empty(5 * ws, dtype=torch.int64), torch.ones(5, dtype=torch.int64))
+        dist.all_gather_into_tensor(
+            torch.empty(5 * ws, dtype=torch.int64), torch.ones(5, dtype=torch.int64)
+        )
         # reduce-scatter of 4 W float32: 16 bytes to each peer
         dist.reduce_scatter_tensor(torch.empty(4), torch.ones(4 * ws))
         # DDP's gradient all-reduce of 40 bytes, through the hook

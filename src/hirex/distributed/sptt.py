@@ -27,8 +27,10 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
+import torchrec.distributed.embedding_tower_sharding as _ets
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.distributed.embedding_tower_sharding import EmbeddingTowerCollectionSharder
 from torchrec.distributed.types import LazyAwaitable
 from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerCollection
 
@@ -132,7 +134,10 @@ class TowerDLRM(nn.Module):
                 for t in self.towers
             ]
             self.sparse = EmbeddingTowerCollection(
-                [EmbeddingTower(_ebc(t, table_sizes, dim), m) for t, m in zip(self.towers, mods)]
+                [
+                    EmbeddingTower(_ebc(t, table_sizes, dim), m)
+                    for t, m in zip(self.towers, mods, strict=True)
+                ]
             )
             n_vec = 1 + sum(m.width for m in mods) // dim
         self.tower_width = tower_width
@@ -152,7 +157,9 @@ class TowerDLRM(nn.Module):
             if "embedding_bags" in name:
                 yield p
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor | KeyedJaggedTensor) -> torch.Tensor:
+    def forward(
+        self, dense: torch.Tensor, sparse: torch.Tensor | KeyedJaggedTensor
+    ) -> torch.Tensor:
         """dense: (B, n_dense) float; sparse: (B, F) int64 ids or their KJT -> (B,) logits."""
         kjt = sparse_to_kjt(sparse) if isinstance(sparse, torch.Tensor) else sparse
         d = self.bottom(dense)  # (B, D)
@@ -200,26 +207,15 @@ def _cpu_ddp(module: nn.Module, device_ids=None, **kwargs) -> nn.Module:  # noqa
     return DistributedDataParallel(module, device_ids=device_ids, **kwargs)
 
 
-def _tower_sharder_class():  # noqa: ANN202
-    from torchrec.distributed.embedding_tower_sharding import EmbeddingTowerCollectionSharder
+class CpuEmbeddingTowerCollectionSharder(EmbeddingTowerCollectionSharder):
+    """TorchRec's EmbeddingTowerCollection sharder, usable on CPU: TorchRec wraps each tower
+    module in DDP with ``device_ids=[device]``, which DDP refuses for CPU modules, and DDP
+    refuses modules without parameters (identity towers). While sharding, this builds the
+    DDP without ``device_ids`` on CPU, and a plain pass-through for parameter-free towers."""
 
-    class _Sharder(EmbeddingTowerCollectionSharder):
-        """TorchRec's tower-collection sharder, with the tower modules' DDP built without
-        ``device_ids`` on CPU (TorchRec passes ``[device]``, which DDP refuses for CPU
-        modules) and skipped for parameter-free tower modules."""
-
-        def shard(self, module, params, env, device=None, module_fqn=None):  # noqa: ANN001, ANN201
-            import torchrec.distributed.embedding_tower_sharding as ets
-
-            with _patched(ets, "DistributedDataParallel", _cpu_ddp):
-                return super().shard(module, params, env, device, module_fqn)
-
-    return _Sharder
-
-
-def CpuEmbeddingTowerCollectionSharder():  # noqa: N802, ANN201
-    """A sharder for ``EmbeddingTowerCollection`` that works on CPU (see ``_Sharder``)."""
-    return _tower_sharder_class()()
+    def shard(self, module, params, env, device=None, module_fqn=None):  # noqa: ANN001, ANN201
+        with _patched(_ets, "DistributedDataParallel", _cpu_ddp):
+            return super().shard(module, params, env, device, module_fqn)
 
 
 @contextlib.contextmanager
@@ -255,14 +251,16 @@ def sharding_plan(
         raise ValueError(f"world size {world_size} is not a multiple of local size {local_size}")
     kw = {"local_size": local_size, "world_size": world_size, "device_type": "cpu"}
     if model.towers is None:
+        n = model.n_features
         if flat == "table_wise":
-            per = {table_name(f): table_wise(rank=f % world_size) for f in range(model.n_features)}
+            per = {
+                table_name(f): table_wise(rank=f % world_size, compute_kernel="dense")
+                for f in range(n)
+            }
         elif flat == "row_wise":
-            per = {table_name(f): row_wise(compute_kernel="dense") for f in range(model.n_features)}
+            per = {table_name(f): row_wise(compute_kernel="dense") for f in range(n)}
         else:
             raise ValueError(f"flat sharding {flat!r}; choose 'table_wise' or 'row_wise'")
-        if flat == "table_wise":
-            per = {k: table_wise(rank=int(k[1:]) % world_size, compute_kernel="dense") for k in per}
         plan = construct_module_sharding_plan(model.sparse, per, **kw)
     else:
         nnodes = world_size // local_size
@@ -270,7 +268,11 @@ def sharding_plan(
             raise ValueError(
                 f"{len(model.towers)} towers on {nnodes} hosts: SPTT here puts one tower per host"
             )
-        per = {table_name(f): table_row_wise(host_index=h) for h, t in enumerate(model.towers) for f in t}
+        per = {
+            table_name(f): table_row_wise(host_index=h)
+            for h, t in enumerate(model.towers)
+            for f in t
+        }
         plan = construct_module_sharding_plan(
             model.sparse, per, sharder=CpuEmbeddingTowerCollectionSharder(), **kw
         )
