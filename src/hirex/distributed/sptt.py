@@ -35,6 +35,7 @@ from torchrec.distributed.types import LazyAwaitable
 from torchrec.modules.embedding_tower import EmbeddingTower, EmbeddingTowerCollection
 
 from hirex.distributed.towers import IdentityTower, TowerInteraction, keyed_values, pairwise_dots
+from hirex.models.dlrm import mlp
 
 __all__ = [
     "CpuEmbeddingTowerCollectionSharder",
@@ -83,15 +84,6 @@ def sparse_to_kjt(sparse: torch.Tensor) -> KeyedJaggedTensor:
     )
 
 
-def _mlp(sizes: Sequence[int], last_act: bool) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2 or last_act:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
 class TowerDLRM(nn.Module):
     """table_sizes: rows per feature; n_dense: dense features (>= 1); dim: embedding width;
     towers: None (flat) or a partition of the features into towers (SPTT; one tower per host
@@ -113,7 +105,7 @@ class TowerDLRM(nn.Module):
         if n_dense < 1:
             raise ValueError("TowerDLRM needs at least one dense feature")
         self.n_features, self.dim = n, dim
-        self.bottom = _mlp([n_dense, *bottom, dim], last_act=True)
+        self.bottom = mlp([n_dense, *bottom, dim], last_act=True)
         if towers is None:
             if tower_width is not None:
                 raise ValueError("tower_width needs towers")
@@ -148,7 +140,7 @@ class TowerDLRM(nn.Module):
         self.register_buffer("_inverse", torch.argsort(torch.tensor(order)), persistent=False)
         n_pairs = n_vec * (n_vec - 1) // 2
         extra = 0 if tower_width is None else n_vec * dim - dim  # tower outputs themselves
-        self.top = _mlp([dim + n_pairs + extra, *top, 1], last_act=False)
+        self.top = mlp([dim + n_pairs + extra, *top, 1], last_act=False)
         for p in self._table_weights():
             nn.init.normal_(p, std=dim**-0.5)
 

@@ -16,7 +16,9 @@ from torch import nn
 __all__ = ["DLRM", "DlrmTrainConfig", "ctr_metrics", "train_dlrm"]
 
 
-def _mlp(sizes: Sequence[int], last_act: bool) -> nn.Sequential:
+def mlp(sizes: Sequence[int], last_act: bool) -> nn.Sequential:
+    """Linear layers of the given sizes with ReLU between them (and after the last one when
+    ``last_act``)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
@@ -41,10 +43,10 @@ class DLRM(nn.Module):
         self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in table_sizes)
         for t in self.tables:
             nn.init.normal_(t.weight, std=1 / np.sqrt(dim))
-        self.bottom = _mlp([n_dense, *bottom, dim], last_act=True) if n_dense else None
+        self.bottom = mlp([n_dense, *bottom, dim], last_act=True) if n_dense else None
         n_vec = len(table_sizes) + (1 if n_dense else 0)
         self._pairs = torch.triu_indices(n_vec, n_vec, offset=1)
-        self.top = _mlp([dim + self._pairs.shape[1], *top, 1], last_act=False)
+        self.top = mlp([dim + self._pairs.shape[1], *top, 1], last_act=False)
 
     def embed(self, sparse: torch.Tensor) -> torch.Tensor:
         """sparse: (B, F) int64 ids -> (B, F, dim) feature embeddings."""
