@@ -34,6 +34,7 @@ from hirex.distributed.launch import Worker
 from hirex.distributed.scope import check_distributed_config
 from hirex.distributed.tables import TABLE, ShardedTable, gather_rows, shard_tables
 from hirex.models.retrieval_model import RetrievalModel
+from hirex.models.user_batch import UserBatch
 from hirex.train.checkpoint import read_checkpoint, write_checkpoint
 from hirex.train.trainer import (
     MODEL,
@@ -160,6 +161,20 @@ class DistributedLoop(_Loop):
     def _row_range(self, m: int) -> tuple[int, int]:
         rank, world = self.worker.rank, self.worker.world_size
         return rank * m // world, (rank + 1) * m // world
+
+    def _encode_rows(self, users: UserBatch, lo: int, hi: int) -> torch.Tensor:
+        # TorchRec's row-wise lookups need the same number of bags on every rank: pad this
+        # rank's rows with empty histories up to the largest share, and drop them after.
+        share = -(-len(users) // self.worker.world_size)
+        rows = users.slice(lo, hi)
+        pad = share - len(rows)
+        if pad:
+            rows = UserBatch(
+                torch.cat([rows.users, rows.users.new_zeros(pad)]),
+                torch.cat([rows.hist_indptr, rows.hist_indptr[-1:].expand(pad)]),
+                rows.hist_items,
+            )
+        return self.model.encode_users(rows.to(self.device))[: hi - lo]
 
     def _loss(self, epoch: int, step: int) -> torch.Tensor:
         return self.dmp(epoch, step)

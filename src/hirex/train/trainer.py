@@ -29,6 +29,7 @@ from hirex.index.codebooks import ResidualCodebooks, load_codebooks, save_codebo
 from hirex.index.learning import IndexLearner
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
 from hirex.models.spectral import attach_spectral_branch, check_spectral, spectral_init
+from hirex.models.user_batch import UserBatch
 from hirex.train.batches import (
     PairBatches,
     SequenceBatch,
@@ -323,9 +324,12 @@ class _Loop:
         if isinstance(batch, UserTargetsBatch):
             u = self.model.encode_users(batch.users.to(self.device))
             return u, batch.target_rows.to(self.device), batch.target_items.to(self.device)
-        lo, hi = self._row_range(len(batch.positives))
-        u = self.model.encode_users(batch.users.slice(lo, hi).to(self.device))
+        u = self._encode_rows(batch.users, *self._row_range(len(batch.positives)))
         return u, None, batch.positives.to(self.device)
+
+    def _encode_rows(self, users: UserBatch, lo: int, hi: int) -> torch.Tensor:
+        """(hi - lo, P, D): the user embeddings of rows lo..hi-1 of a batch's users."""
+        return self.model.encode_users(users.slice(lo, hi).to(self.device))
 
     def _loss(self, epoch: int, step: int) -> torch.Tensor:
         tc = self.cfg.train
