@@ -89,6 +89,42 @@ def test_mixture_of_logits_matches_a_per_pair_loop():
             assert torch.allclose(fast[b, n], ref, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "shape", "tol"),
+    [(torch.float64, (5, 7), 1e-12), (torch.float32, (33, 1), 1e-5), (torch.float32, (1, 9), 1e-5)],
+)
+def test_fused_mixture_matches_autograd_reference(dtype, shape, tol):
+    """The hand-written backward against autograd through mixture_reference: the output and
+    the gradients of the users, the items and every gate parameter."""
+    torch.manual_seed(3)
+    mol = MixtureOfLogits(2, 3, 8, 16).to(dtype)
+    u = torch.randn(shape[0], 2, 8, dtype=dtype, requires_grad=True)
+    v = torch.randn(shape[1], 3, 8, dtype=dtype, requires_grad=True)
+    weight = torch.randn(shape, dtype=dtype)
+    got = {}
+    for fused in (True, False):
+        mol.fused = fused
+        mol.zero_grad()
+        u.grad = v.grad = None
+        y = mol(u, v)
+        (y * weight).sum().backward()
+        grads = [u.grad.clone(), v.grad.clone()] + [p.grad.clone() for p in mol.parameters()]
+        got[fused] = (y.detach(), grads)
+    torch.testing.assert_close(got[True][0], got[False][0], atol=tol, rtol=tol)
+    for a, b in zip(got[True][1], got[False][1], strict=True):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def test_fused_mixture_under_bf16_autocast_is_close_to_float32():
+    torch.manual_seed(4)
+    mol = MixtureOfLogits(2, 2, 16, 16)
+    u, v = torch.randn(64, 2, 16), torch.randn(300, 2, 16)
+    exact = mol(u, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = mol(u, v).float()
+    assert (low - exact).abs().max() < 0.05 * exact.abs().max()
+
+
 def test_mixture_of_logits_is_not_a_dot_product():
     # A dot-product score matrix over D-dim embeddings has rank <= D; MoL's need not.
     torch.manual_seed(2)
