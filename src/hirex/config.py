@@ -203,6 +203,10 @@ class TTTConfig:
     1..depth (the node-centred subset)."""
     replay: float = 1.0
     """Ordinary training pairs replayed per mined pair (0: mined data only)."""
+    data: Literal["mined", "replay"] = "mined"
+    """mined: the mined pairs (and node-centred subset, and replay); replay: a control that
+    fine-tunes on ordinary training pairs only, as many as ``mined`` would give, to tell the
+    effect of the mined data from that of the fine-tuning procedure."""
     epochs: int = 2
     lr: float = 0.0005
     seed: int = 0

@@ -106,6 +106,20 @@ def test_training_pairs_mix_mined_centred_and_replay(trained):
     assert only.nnz == len(mined.users)
 
 
+def test_replay_control_has_as_many_ordinary_training_pairs(trained):
+    cfg, ds, model, index = trained
+    mined = mine(model, index, ds.train, 1, 0.3, 3)
+    for replay in (0.0, 1.0):
+        mixed = training_pairs(mined, ds.train, replay, seed=0)
+        control = training_pairs(mined, ds.train, replay, seed=0, data="replay")
+        assert control.nnz == mixed.nnz
+        train_pairs = set(zip(ds.train.users().tolist(), ds.train.items.tolist(), strict=True))
+        got = set(zip(control.users().tolist(), control.items.tolist(), strict=True))
+        assert got <= train_pairs
+    mined_pairs = set(zip(mined.users.tolist(), mined.items.tolist(), strict=True))
+    assert not mined_pairs <= train_pairs  # the mined data holds pairs the control cannot
+
+
 def test_ttt_never_ends_worse_on_validation_and_refreshes_the_index(trained, tmp_path):
     cfg, ds, model, index = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}

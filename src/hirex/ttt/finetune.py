@@ -32,15 +32,25 @@ class TTTResult:
 
 
 def training_pairs(
-    mined: Mined, train: Interactions, replay: float, seed: int, node_centred: bool = True
+    mined: Mined,
+    train: Interactions,
+    replay: float,
+    seed: int,
+    node_centred: bool = True,
+    data: str = "mined",
 ) -> Interactions:
     """Mined pairs, the node-centred subset (if asked) and ``replay`` ordinary training pairs
-    per pair of those."""
+    per pair of those; with ``data = "replay"``, as many ordinary training pairs as that in
+    all (the control)."""
     users, items = [mined.users], [mined.items]
     if node_centred:
         users.append(mined.node_centred.users())
         items.append(mined.node_centred.items)
-    n_replay = int(round(replay * sum(len(u) for u in users)))
+    n_mined = sum(len(u) for u in users)
+    n_replay = int(round(replay * n_mined))
+    if data == "replay":
+        users, items = [], []
+        n_replay += n_mined
     if n_replay:
         rng = np.random.default_rng(seed)
         pick = rng.choice(train.nnz, min(n_replay, train.nnz), replace=False)
@@ -87,7 +97,7 @@ def test_time_train(
             f"nothing mined at depth {tc.depth} with threshold {tc.threshold}: no user has that "
             "share of its items under one node; lower ttt.threshold or ttt.depth"
         )
-    pairs = training_pairs(mined, dataset.train, tc.replay, tc.seed, tc.node_centred)
+    pairs = training_pairs(mined, dataset.train, tc.replay, tc.seed, tc.node_centred, tc.data)
     ft_cfg = dataclasses.replace(
         cfg,
         train=dataclasses.replace(
