@@ -157,6 +157,7 @@ def run_benchmark(
         {
             "dataset": ds.summary(),
             "protocol": protocol,
+            "scorer": cfg.model.scorer,
             **rounded(test.metrics),
             "valid": rounded(result.best_valid),
             "best_epoch": result.best_epoch + 1,
