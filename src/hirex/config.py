@@ -482,7 +482,14 @@ def load_config(path: str | os.PathLike, base: RunConfig | None = None) -> RunCo
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is a directory; give the .toml or .json file in it")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8"
+        ) from err
     try:
         raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:

@@ -298,6 +298,8 @@ def _load_generative_run(path: Path, device: str) -> Run:
 def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Path:
     """Create the run folder and write its config; refuse to mix configs in one folder."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run (new or existing)")
     out.mkdir(parents=True, exist_ok=True)
     if restart:
         for name in (

@@ -96,12 +96,55 @@ def test_retrieve_json_and_csv(trained_run, tmp_path, capsys):
         (["retrieve", "--users", "abc"], "integers"),
         (["retrieve", "--users", "1", "--k", "0"], "--k must be positive"),
         (["eval", "--ks", "ten"], "comma-separated integers"),
+        (["retrieve", "--users", ""], "--users is empty"),
+        (["retrieve", "--users", " "], "--users is empty"),
+        (["retrieve", "--users", "1", "--output", "{tmp}"], "is a folder"),
+        (["retrieve", "--users-file", "{tmp}"], "is not a file"),
+        (["eval", "--max-users", "0"], "at least 1"),
+        (["eval", "--max-users", "-3"], "at least 1"),
     ],
 )
-def test_bad_input_is_a_clear_error(trained_run, argv, message, capsys):
-    argv = [argv[0], "--run", str(trained_run), *argv[1:]]
+def test_bad_input_is_a_clear_error(trained_run, argv, message, capsys, tmp_path):
+    argv = [argv[0], "--run", str(trained_run), *(a.format(tmp=tmp_path) for a in argv[1:])]
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in trained_run.iterdir())
     assert main(argv) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in trained_run.iterdir()) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_paths_and_options_of_train(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    assert main(["train", *SMALL, "--out", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert a_file.read_text() == "keep me"
+    assert main(["train", "--config", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes('[data]\nname = "caf\xe9"\n'.encode("latin-1"))
+    assert main(["train", "--config", str(latin), "--out", str(tmp_path / "r")]) == 2
+    assert f"{latin}: not UTF-8" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_option_shows_the_subcommands_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: hirex train") and "unrecognized arguments: --bogus" in err
+    with pytest.raises(SystemExit):
+        main(["index", "build", "--run", "x", "--bogus"])
+    assert capsys.readouterr().err.startswith("usage: hirex index build")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("hirex 0.")
 
 
 def test_missing_run_and_bad_config(tmp_path, capsys):

@@ -51,12 +51,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.k <= 0:
         raise ValueError(f"--k must be positive, got {args.k}")
+    if args.output and Path(args.output).is_dir():
+        raise ValueError(f"--output {args.output} is a folder; give a file name in it")
+    if args.users is not None and not args.users.strip():
+        raise ValueError("--users is empty; give comma-separated user ids, e.g. --users 12,40,7")
     r = load_run(args.run, args.device)
     ds = r.dataset
     if args.all_users:
         dense = np.arange(ds.n_users)
     else:
-        raw = args.users.split(",") if args.users else Path(args.users_file).read_text().split()
+        if args.users is not None:
+            raw = args.users.split(",")
+        else:
+            path = Path(args.users_file)
+            if not path.is_file():
+                raise ValueError(f"--users-file {path} is not a file")
+            raw = path.read_text(encoding="utf-8", errors="replace").split()
         raw = [x.strip() for x in raw if x.strip()]
         if not raw:
             raise ValueError("no user ids given")

@@ -204,7 +204,7 @@ def make_synthetic(
     data = Interactions(cfg.n_users, cfg.n_items, indptr, items)
     train, valid, test = _hold_out(data, cfg)
     dataset = Dataset("synthetic", cfg.kind, train, valid, test)
-    log.info("made %s", dataset.summary())
+    log.debug("made %s", dataset.summary())  # the commands print the summary
     return dataset, truth
 
 

@@ -63,6 +63,8 @@ def evaluate_ranker(
     targets = dataset.targets(split)
     history = dataset.history(split)
     users = targets.active_users()
+    if max_users is not None and max_users < 1:
+        raise ValueError(f"max_users (--max-users) must be at least 1, got {max_users}")
     if max_users is not None and len(users) > max_users:
         users = users[np.linspace(0, len(users) - 1, max_users).astype(np.int64)]
     acc = MetricAccumulator(ks)
