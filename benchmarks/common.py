@@ -75,9 +75,12 @@ def untrained_twin(cfg: RunConfig, dataset: Dataset, scorer: str) -> RetrievalMo
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    path = RESULTS / f"{name}.json"
+    """Write results/<name>.json, or to ``name`` itself when it is a path (has a folder or
+    ends in .json)."""
+    is_path = name.endswith(".json") or "/" in name
+    path = Path(name).resolve() if is_path else RESULTS / f"{name}.json"
     atomic_write_json(path, payload)
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return path
 
 
