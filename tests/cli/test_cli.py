@@ -190,3 +190,27 @@ def test_table_with_string_ids_round_trips_to_original_ids(tmp_path, capsys):
     assert all(item.startswith("item-") for r in out for item in r["items"])
     assert main(["retrieve", "--run", str(run), "--users", "nobody"]) == 2
     assert "nobody" in capsys.readouterr().err
+
+
+def test_non_finite_weights_are_refused_at_load(trained_run, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    path = run / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["item_tower.id_emb.weight"][3, 1] = float("nan")
+    save_file(tensors, str(path), metadata=meta)
+    before = path.read_bytes()
+    for argv in (["eval", "--run", str(run)], ["retrieve", "--run", str(run), "--users", "1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "'item_tower.id_emb.weight' holds 1 NaN or infinite values" in err
+        assert str(path) in err and "Traceback" not in err
+    assert path.read_bytes() == before

@@ -220,6 +220,14 @@ def read_safetensors(
         raise ValueError(
             f"{path}: not a readable safetensors file (truncated or corrupt?): {err}"
         ) from err
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"{path}: tensor {name!r} holds {bad} NaN or infinite values: the file is "
+                "damaged or was written by a training run that diverged. Retrain into a new "
+                "folder (lower train.lr), or restore the file from a copy."
+            )
     if fmt is None:
         return tensors, meta
     if meta.get("format") != fmt:
