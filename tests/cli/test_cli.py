@@ -195,7 +195,9 @@ def test_table_with_string_ids_round_trips_to_original_ids(tmp_path, capsys):
 def test_non_finite_weights_are_refused_at_load(trained_run, tmp_path, capsys):
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from hirex.models.retrieval_model import safetensors_bytes
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -206,7 +208,8 @@ def test_non_finite_weights_are_refused_at_load(trained_run, tmp_path, capsys):
         meta = f.metadata()
     tensors = load_file(str(path))
     tensors["item_tower.id_emb.weight"][3, 1] = float("nan")
-    save_file(tensors, str(path), metadata=meta)
+    # Written with a valid checksum, as a training run that diverged would write it.
+    path.write_bytes(safetensors_bytes(tensors, meta))
     before = path.read_bytes()
     for argv in (["eval", "--run", str(run)], ["retrieve", "--run", str(run), "--users", "1"]):
         assert main(argv) == 2
@@ -214,3 +217,33 @@ def test_non_finite_weights_are_refused_at_load(trained_run, tmp_path, capsys):
         assert "'item_tower.id_emb.weight' holds 1 NaN or infinite values" in err
         assert str(path) in err and "Traceback" not in err
     assert path.read_bytes() == before
+
+
+def test_flipped_bytes_in_a_run_file_are_refused(trained_run, tmp_path, capsys):
+    """A byte changed inside the tensor data (the header intact): the checksum catches it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    path = run / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x40  # inside the last tensor's data, far from the JSON header
+    path.write_bytes(bytes(data))
+    assert main(["eval", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: checksum mismatch" in err and "Traceback" not in err
+    assert path.read_bytes() == bytes(data)
+
+
+def test_truncated_checkpoint_names_restart(trained_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    ckpt = run / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    truncated = ckpt.read_bytes()
+    assert main(["train", *SMALL, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and "--restart" in err and "Traceback" not in err
+    assert ckpt.read_bytes() == truncated

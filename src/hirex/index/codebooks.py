@@ -20,11 +20,10 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import torch
-from safetensors.torch import save
 from torch import nn
 
 from hirex.atomic_files import atomic_write_bytes
-from hirex.models.retrieval_model import read_safetensors
+from hirex.models.retrieval_model import read_safetensors, safetensors_bytes
 
 CODEBOOKS_FORMAT = "hirex-codebooks"
 CODEBOOKS_VERSION = 1
@@ -156,7 +155,7 @@ def save_codebooks(codebooks: ResidualCodebooks, path: str | os.PathLike) -> Non
         "version": str(CODEBOOKS_VERSION),
         "shape": json.dumps({"sizes": codebooks.sizes, "q": codebooks.q, "dim": codebooks.dim}),
     }
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    atomic_write_bytes(path, safetensors_bytes(tensors, meta))
 
 
 def load_codebooks(path: str | os.PathLike) -> ResidualCodebooks:

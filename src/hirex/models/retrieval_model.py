@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -177,8 +178,7 @@ class RetrievalModel(nn.Module):
             "n_items": str(self.n_items),
         }
         meta.update(extra or {})
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write_bytes(path, save(tensors, metadata=meta))
+        atomic_write_bytes(path, safetensors_bytes(self.state_dict(), meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> RetrievalModel:
@@ -203,6 +203,26 @@ class RetrievalModel(nn.Module):
         return model.to(device).eval()
 
 
+CHECKSUM_KEY = "tensors_sha256"
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
+    """A safetensors file of ``tensors`` whose metadata also carries their checksum, which
+    ``read_safetensors`` verifies."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return save(tensors, metadata={**meta, CHECKSUM_KEY: tensors_sha256(tensors)})
+
+
 def read_safetensors(
     path: str | os.PathLike, fmt: str | None, version: int | None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -220,6 +240,12 @@ def read_safetensors(
         raise ValueError(
             f"{path}: not a readable safetensors file (truncated or corrupt?): {err}"
         ) from err
+    expected = meta.get(CHECKSUM_KEY)  # files written before checksums were added have none
+    if expected is not None and tensors_sha256(tensors) != expected:
+        raise ValueError(
+            f"{path}: checksum mismatch: the tensor data was changed or damaged after it was "
+            "written. Restore the file from a copy, or retrain into a new folder."
+        )
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             bad = int((~torch.isfinite(tensor)).sum())

@@ -11,10 +11,9 @@ import os
 from typing import Any
 
 import torch
-from safetensors.torch import save
 
 from hirex.atomic_files import atomic_write_bytes
-from hirex.models.retrieval_model import read_safetensors
+from hirex.models.retrieval_model import read_safetensors, safetensors_bytes
 
 CHECKPOINT_FORMAT = "hirex-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -53,7 +52,7 @@ def write_checkpoint(
         "optimizer": json.dumps(opt_meta),
         "state": json.dumps(state),
     }
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    atomic_write_bytes(path, safetensors_bytes(tensors, meta))
 
 
 def read_checkpoint(

@@ -467,7 +467,15 @@ class _Loop:
         best_weights: dict[str, torch.Tensor] | None = None
         best_codebooks: dict[str, torch.Tensor] | None = None
         if self.ckpt is not None and self.ckpt.exists():
-            state = self._load()
+            try:
+                state = self._load()
+            except ValueError as err:
+                if "--restart" in str(err):
+                    raise
+                raise ValueError(
+                    f"{err} Or pass --restart to train from the start instead (it replaces "
+                    f"{self.ckpt.name})."
+                ) from err
             if not same_config(state["config"], self.cfg):
                 raise ConfigError(
                     f"{self.ckpt} was written with another config; train into a new output "
