@@ -96,6 +96,7 @@ BIG = b'{"user": 1, "exclude": [' + b",".join([b"1"] * 600_000) + b"]}"
         ("PUT", "/v1/items/5", b'{"embedding": [1.0]}', {"Authorization": "Bearer no"}, 401, ""),
         ("PUT", "/v1/items/5", b'{"embedding": [1.0]}', AUTH, 422, "must hold 1 x 16 numbers"),
         ("PUT", "/v1/items/5", b'{"embedding": ["a"]}', AUTH, 422, "embedding"),
+        ("PUT", "/v1/items/-5", b'{"embedding": [1.0]}', AUTH, 422, "non-negative integers"),
         ("PUT", "/v1/items/5", b'{"text": "red shoes"}', AUTH, 422, "no text features"),
         ("PUT", "/v1/items/5", b"{}", AUTH, 422, "embedding or its text"),
         ("PUT", "/v1/items/x", b'{"embedding": [1.0]}', AUTH, 422, "ids of this data are integers"),

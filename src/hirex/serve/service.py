@@ -151,11 +151,16 @@ class IdTable:
             raise ServiceError(422, f"{what} {value!r}: ids are integers or strings")
         if self.integer:
             try:
-                return int(value)
+                number = int(value)
             except ValueError:
                 raise ServiceError(
                     422, f"{what} {value!r}: ids of this data are integers"
                 ) from None
+            if number < 0:
+                raise ServiceError(
+                    422, f"{what} {value!r}: ids of this data are non-negative integers"
+                )
+            return number
         return str(value)
 
     def dense(self, values: Sequence[Any], what: str) -> np.ndarray:
