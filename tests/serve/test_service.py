@@ -85,8 +85,26 @@ def test_a_state_folder_of_another_index_is_refused(served_run, tmp_path):
         main(["index", "build", "--run", str(served_run), "--levels", "4", "--out", str(other)])
         == 0
     )
-    with pytest.raises(ValueError, match="holds changes to another index"):
+    with pytest.raises(ValueError, match="holds changes to another index") as err:
         RetrievalService.open(served_run, index=other, state_dir=state)
+    assert "remove" not in str(err.value) and "--state and a new folder" in str(err.value)
+
+
+def test_a_moved_run_folder_keeps_its_changes(served_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(served_run, run)
+    svc = RetrievalService.open(run)
+    svc.delete_item(3)
+    svc.close()
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    again = RetrievalService.open(moved)  # the same index, found at a new path
+    with pytest.raises(ServiceError, match="not in the index"):
+        again.item(3)
+    again.close()
+    shutil.rmtree(moved)
 
 
 def test_a_journal_that_skips_changes_is_refused(served_run, tmp_path):

@@ -235,16 +235,38 @@ class RetrievalService:
         base = Path(index) if index is not None else Path(run) / INDEX_DIR
         state = Path(state_dir) if state_dir is not None else Path(run) / STATE_DIR
         manifest = read_manifest(base)  # a clear error when it is missing or not an index
-        identity = {"index": str(base.resolve()), "created": manifest.get("created")}
+        # The index is known by its content (creation time and file checksums), not by where
+        # it lies, so a run folder moved with its state is still the same index.
+        identity = {
+            "index": str(base.resolve()),  # informational: where it was when first served
+            "created": manifest.get("created"),
+            "sha256": {k: v.get("sha256") for k, v in sorted(manifest.get("files", {}).items())},
+        }
         state.mkdir(parents=True, exist_ok=True)
         base_file = state / BASE_FILE
         if base_file.exists():
-            recorded = json.loads(base_file.read_text())
-            if recorded != identity:
+            try:
+                recorded = json.loads(base_file.read_text())
+                same = (
+                    recorded["created"] == identity["created"]
+                    and recorded.get(
+                        "sha256",
+                        identity["sha256"],  # older state files did not record them
+                    )
+                    == identity["sha256"]
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise ValueError(
-                    f"{state} holds changes to another index ({recorded['index']}, created "
-                    f"{recorded['created']}); pass --state with a new folder, or remove {state} "
-                    "to drop those changes"
+                    f"{base_file} is damaged ({err}); it records which index the changes in "
+                    f"{state} were made to. Restore it from a copy, or serve with --state and a "
+                    "new folder (the changes in this one stay where they are)"
+                ) from err
+            if not same:
+                raise ValueError(
+                    f"{state} holds changes to another index (created {recorded['created']}, "
+                    f"first served from {recorded.get('index')}); serve this index with --state "
+                    "and a new folder (the changes in this one stay for the index they were "
+                    "made to)"
                 )
         else:
             atomic_write_json(base_file, identity)
