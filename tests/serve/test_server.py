@@ -257,3 +257,21 @@ def test_the_api_is_described_for_openapi_clients(server):
     assert {"/v1/retrieve", "/v1/items/{item_id}", "/healthz", "/metrics"} <= set(spec["paths"])
     body = spec["paths"]["/v1/retrieve"]["post"]["requestBody"]["content"]["application/json"]
     assert "queries" in body["schema"]["properties"] and "#/$defs" not in str(spec)
+
+
+def test_a_port_in_use_is_a_clear_error_before_anything_is_served(served_run, capsys, caplog):
+    import socket
+
+    from hirex.cli.main import main
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        assert main(["serve", "--run", str(served_run), "--port", str(port)]) == 2
+    finally:
+        holder.close()
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+    assert "serving" not in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     token = _token(args)
+    sock = _listen(args.host, args.port)  # before anything is loaded or logged
     service = RetrievalService.open(
         args.run,
         index=args.index,
@@ -116,8 +118,31 @@ def run(args: argparse.Namespace) -> int:
         stats["items_active"],
         stats["applied_seq"],
         args.host,
-        args.port,
+        sock.getsockname()[1],
         "" if token else " (item changes are open: no token configured)",
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or a clear error when it cannot be (port in use, an
+    address this machine does not have)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ValueError(f"--host {host!r} cannot be resolved: {err.strerror}") from err
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise ValueError(
+            f"cannot listen on {host}:{port}: {err.strerror}; choose another --port (or stop "
+            "the program that holds it)"
+        ) from err
+    sock.set_inheritable(True)
+    return sock
