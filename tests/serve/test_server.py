@@ -104,6 +104,9 @@ BIG = b'{"user": 1, "exclude": [' + b",".join([b"1"] * 600_000) + b"]}"
         ("DELETE", "/v1/items/99999", b"", AUTH, 404, "not in the index"),
         ("GET", "/v1/items/99999", b"", {}, 404, "not in the index"),
         ("GET", "/v1/nothing", b"", {}, 404, ""),
+        # 60,000 levels of nesting (120 KB): refused before the JSON parser recurses into it.
+        ("POST", "/v1/retrieve", b"[" * 60000 + b"]" * 60000, {}, 400, "nested 60000 levels"),
+        ("POST", "/v1/retrieve", b'{"user": ' * 40 + b"1" + b"}" * 40, {}, 400, "at most 32"),
     ],
 )
 def test_bad_requests_get_a_4xx_naming_the_problem(

@@ -19,11 +19,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -77,6 +79,21 @@ class ItemBody(BaseModel):
     text: StrictStr | None = None
 
 
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings do not
+    count); malformed text gets a number too, and the parser reports the rest."""
+    if b"[" not in body and b"{" not in body:
+        return 0
+    codes = np.frombuffer(_JSON_STRING.sub(b'""', body), np.uint8)
+    step = np.isin(codes, (ord("["), ord("{"))).astype(np.int64)
+    step -= np.isin(codes, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
+
+
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes with 413, by Content-Length or as they
     stream in (a chunked request has no length).  The body is read here, before any route
@@ -108,6 +125,15 @@ class BodyLimit:
                 await too_large(scope, receive, send)
                 return
         body, sent = b"".join(chunks), False
+        depth = json_depth(body)
+        if depth > MAX_JSON_DEPTH:
+            # The JSON parser would recurse that deep (a RecursionError, a 500) before any
+            # validation could say what is wrong.
+            await JSONResponse(
+                {"error": f"request body nested {depth} levels deep; at most {MAX_JSON_DEPTH}"},
+                400,
+            )(scope, receive, send)
+            return
 
         async def replay() -> Message:
             nonlocal sent
