@@ -40,6 +40,17 @@ class DataConfig:
     """Hold this share of items (seeded by ``seed``) out of training: their interactions leave
     the train and valid histories, their text stays; metrics then also report the test targets
     that are held-out items (``cold_start``).  0: no cold-start items."""
+    # Interaction tables (CSV / TSV / Parquet) only:
+    user_col: str = "user"
+    item_col: str = "item"
+    time_col: str | None = None
+    """A timestamp column: each user's interactions are ordered by it (sequence data) and the
+    latest ones are held out."""
+    weight_col: str | None = None
+    test_path: str | None = None
+    """A second table with the test split (the same columns); without it, test is carved out."""
+    test_fraction: float = 0.2
+    """Share of each user's interactions held out for test when there is no ``test_path``."""
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from hirex.atomic_files import atomic_write_json
-from hirex.config import DataConfig, RunConfig, load_config, save_config
+from hirex.config import ConfigError, DataConfig, RunConfig, load_config, save_config
 from hirex.data.interactions import Dataset
 from hirex.data.registry import load_dataset
 from hirex.data.splits import cold_start_targets, hold_out_items
+from hirex.data.tables import DELIMITED, PARQUET
 from hirex.eval.protocols import evaluate_index, evaluate_ranker
 from hirex.index.build import build_index
 from hirex.index.exhaustive import exhaustive_topk
@@ -65,6 +66,25 @@ def dataset_from_config(cfg: DataConfig) -> Dataset:
 
 
 def _load_named(cfg: DataConfig) -> Dataset:
+    path = Path(cfg.name)
+    table_options = {
+        "user_col": cfg.user_col,
+        "item_col": cfg.item_col,
+        "time_col": cfg.time_col,
+        "weight_col": cfg.weight_col,
+        "test_path": cfg.test_path,
+        "test_fraction": cfg.test_fraction,
+    }
+    if path.name.lower().removesuffix(".gz").endswith((*PARQUET, *DELIMITED)):
+        return load_dataset(
+            cfg.name, valid_per_user=cfg.valid_per_user, seed=cfg.seed, **table_options
+        )
+    changed = [f"data.{k}" for k, v in table_options.items() if v != getattr(DataConfig(), k)]
+    if changed:
+        raise ConfigError(
+            f"{', '.join(changed)} apply to interaction tables (CSV / TSV / Parquet files); "
+            f"{cfg.name!r} is not one"
+        )
     if cfg.name == "synthetic":
         return load_dataset(
             "synthetic",
@@ -76,7 +96,6 @@ def _load_named(cfg: DataConfig) -> Dataset:
         )
     if cfg.name in ("beauty", "sports"):
         return load_dataset(cfg.name, data_dir=cfg.data_dir)
-    path = Path(cfg.name)
     if cfg.name == "gowalla" or (path.is_dir() and (path / "train.txt").exists()):
         return load_dataset(
             cfg.name, data_dir=cfg.data_dir, valid_per_user=cfg.valid_per_user, seed=cfg.seed

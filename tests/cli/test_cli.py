@@ -247,3 +247,30 @@ def test_truncated_checkpoint_names_restart(trained_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(ckpt) in err and "--restart" in err and "Traceback" not in err
     assert ckpt.read_bytes() == truncated
+
+
+def test_table_columns_and_timestamps_from_the_command_line(tmp_path, capsys):
+    rows = ["uid,iid,ts"]
+    for u in range(30):
+        for j in range(6):
+            # The file order is not the time order: the timestamp column must be used.
+            rows.append(f"u{u},i{(u + j * 7) % 40},{1000 - j}")
+    path = tmp_path / "events.csv"
+    path.write_text("\n".join(rows) + "\n")
+    args = ["--quiet", "--set", "train.epochs=1", "--set", "model.dim=8"]
+    cols = ["--set", "data.user_col=uid", "--set", "data.item_col=iid"]
+    assert main(["train", "--data", str(path), *args, "--out", str(tmp_path / "r0")]) == 2
+    assert "missing column(s) ['user', 'item']" in capsys.readouterr().err
+    timed = [*cols, "--set", "data.time_col=ts"]
+    assert main(["train", "--data", str(path), *args, *timed, "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "(sequence)" in out  # ordered by the timestamps
+    import hirex
+
+    ds = hirex.load_dataset(
+        path, user_col="uid", item_col="iid", time_col="ts"
+    )  # the same data through the Python API
+    assert str(ds.summary()) in out
+    assert main(["train", *SMALL, "--set", "data.time_col=ts", "--out", str(tmp_path / "x")]) == 2
+    assert "apply to interaction tables" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -178,6 +178,11 @@ def test_test_file_with_unknown_ids_names_them(tmp_path):
             {"time_col": "ts"},
             r"t\.csv:3: cannot read 'yesterday' in column 'ts' as a timestamp",
         ),
+        (  # numeric timestamps with one bad value: that row, that value
+            "user,item,ts\nu,a,1\nu,b,notatime\nu,c,3\n",
+            {"time_col": "ts"},
+            r"t\.csv:3: 'notatime' in column 'ts' is not a timestamp \(1 such rows\)",
+        ),
         (
             'user,item\n1,"2\n3,4\n',
             {},

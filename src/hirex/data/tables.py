@@ -173,7 +173,8 @@ class _Table:
         if column.dtype.kind in "iufb":
             return self._numbers(column, "a timestamp")
         if column.dtype.kind != "M":
-            if pd.to_numeric(column, errors="coerce").notna().all():
+            if pd.to_numeric(column, errors="coerce").notna().any():
+                # Numbers (some values are): the first that is not one is the bad row.
                 return self._numbers(column, "a timestamp")
             dates = pd.to_datetime(column, errors="coerce", utc=True, format="ISO8601")
             bad = np.flatnonzero(dates.isna().to_numpy())
