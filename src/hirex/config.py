@@ -44,13 +44,13 @@ class DataConfig:
     user_col: str = "user"
     item_col: str = "item"
     time_col: str | None = None
-    """A timestamp column: each user's interactions are ordered by it (sequence data) and the
-    latest ones are held out."""
+    """A timestamp column: each user's interactions are ordered by it (sequence data, split
+    leave-one-out)."""
     weight_col: str | None = None
     test_path: str | None = None
     """A second table with the test split (the same columns); without it, test is carved out."""
     test_fraction: float = 0.2
-    """Share of each user's interactions held out for test when there is no ``test_path``."""
+    """Set data without ``test_path``: share of each user's items held out for test."""
 
 
 @dataclass(frozen=True)
