@@ -278,3 +278,12 @@ def test_a_port_in_use_is_a_clear_error_before_anything_is_served(served_run, ca
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
     assert "serving" not in caplog.text
+
+
+def test_docs_pages_work_offline(server):
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = httpx.get(f"{server.url}{page}", timeout=30)
+        assert html.status_code == 200
+        assert f"/docs-assets/{asset}" in html.text and "cdn." not in html.text
+        js = httpx.get(f"{server.url}/docs-assets/{asset}", timeout=30)
+        assert js.status_code == 200 and len(js.content) > 100_000

@@ -119,9 +119,15 @@ def train_model(
     on train + valid for the selected number of epochs (``train.refit``)."""
     out = Path(out_dir) if out_dir is not None else None
     if dataset.valid.nnz == 0:
+        fix = (
+            "leave-one-out gives one only to a user with 3+ items (history, validation, test): "
+            "give longer sequences"
+            if dataset.kind == "sequence"
+            else "set data.valid_per_user >= 1"
+        )
         raise ValueError(
             f"{dataset.name} has no validation targets, which early stopping and model "
-            "selection need; set data.valid_per_user >= 1 (or give sequences of 3+ items)"
+            f"selection need; {fix}"
         )
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
