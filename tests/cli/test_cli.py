@@ -274,3 +274,12 @@ def test_table_columns_and_timestamps_from_the_command_line(tmp_path, capsys):
     assert main(["train", *SMALL, "--set", "data.time_col=ts", "--out", str(tmp_path / "x")]) == 2
     assert "apply to interaction tables" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_sequences_too_short_for_validation_get_the_sequence_hint(tmp_path, capsys):
+    path = tmp_path / "short.txt"
+    path.write_text("".join(f"{u} {u % 7} {(u + 1) % 7}\n" for u in range(20)))
+    assert main(["train", "--data", str(path), "--quiet", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "no validation targets" in err and "3+ items" in err
+    assert "valid_per_user" not in err
