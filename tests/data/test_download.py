@@ -496,4 +496,5 @@ def test_cli_real_gowalla(
         SHARED_DATA / "gowalla" / "test.txt"
     ).read_bytes()
     assert main(["data", "list", "--cache-dir", str(tmp_path)]) == 0
+    assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0  # the same option
     assert re.search(r"gowalla\s+verified", capsys.readouterr().out)

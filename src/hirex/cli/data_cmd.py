@@ -67,10 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--cache-dir",
+        "--data-dir",
+        "--cache-dir",  # its earlier name, still accepted
+        dest="cache_dir",
         metavar="DIR",
         default=None,
-        help=f"folder holding the datasets (default: ${CACHE_ENV} if set, else {DEFAULT_CACHE})",
+        help=f"folder holding the datasets, as in `hirex train --data-dir` (default: ${CACHE_ENV} "
+        f"if set, else {DEFAULT_CACHE}); --cache-dir is the same option",
     )
 
 
