@@ -259,7 +259,31 @@ def test_the_api_is_described_for_openapi_clients(server):
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/v1/retrieve", "/v1/items/{item_id}", "/healthz", "/metrics"} <= set(spec["paths"])
     body = spec["paths"]["/v1/retrieve"]["post"]["requestBody"]["content"]["application/json"]
-    assert "queries" in body["schema"]["properties"] and "#/$defs" not in str(spec)
+    assert "queries" in body["schema"]["properties"]
+    assert body["schema"]["examples"][0] == {"user": 0, "k": 10}
+    # The status codes the service sends, each with the body it sends: {"error": "..."}.
+    paths = spec["paths"]
+    codes = {
+        ("/v1/retrieve", "post"): {"200", "400", "413", "422"},
+        ("/v1/items/{item_id}", "put"): {"200", "400", "401", "413", "422"},
+        ("/v1/items/{item_id}", "delete"): {"200", "401", "404", "422"},
+        ("/v1/items/{item_id}", "get"): {"200", "404", "422"},
+    }
+    error = spec["components"]["schemas"]["ErrorBody"]
+    assert error["required"] == ["error"]
+    for (path, method), want in codes.items():
+        responses = paths[path][method]["responses"]
+        assert set(responses) == want, (path, method, set(responses))
+        for code in want - {"200"}:
+            schema = responses[code]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, method, code)
+    assert "HTTPValidationError" not in str(spec)  # FastAPI's detail-array body: never sent
+    assert "text/plain" in str(paths["/metrics"]["get"]["responses"]["200"]["content"])
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert paths["/v1/items/{item_id}"]["put"]["security"] == [{"HTTPBearer": []}]
+    # A wrong method is a 405 with the Allow header, in the service's error body.
+    r = httpx.request("PATCH", f"{server.url}/v1/retrieve", timeout=30)
+    assert r.status_code == 405 and "POST" in r.headers["allow"] and "error" in r.json()
 
 
 def test_a_port_in_use_is_a_clear_error_before_anything_is_served(served_run, capsys, caplog):

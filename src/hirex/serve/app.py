@@ -23,12 +23,14 @@ import re
 import time
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -70,11 +72,24 @@ class QueryBody(BaseModel):
 
 
 class RetrieveBody(QueryBody):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"user": 0, "k": 10},
+                {"history": [0, 1, 2], "k": 5, "beam": 8},
+                {"queries": [{"user": 0}, {"user": 1, "exclude": [2]}], "k": 20},
+            ]
+        },
+    )
     queries: list[QueryBody] | None = None
 
 
 class ItemBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"embedding": [0.1, -0.2, 0.3]}, {"text": "red shoes"}]},
+    )
     embedding: list[StrictFloat | StrictInt] | list[list[StrictFloat | StrictInt]] | None = None
     text: StrictStr | None = None
 
@@ -275,7 +290,10 @@ def create_app(
     metrics = Metrics(service)
     app.state.service, app.state.metrics = service, metrics
 
-    def auth(request: Request) -> None:
+    def auth(
+        request: Request,
+        _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,  # the scheme
+    ) -> None:
         if token is None:
             return
         given = request.headers.get("authorization", "")
@@ -284,6 +302,14 @@ def create_app(
             raise HTTPException(401, "this endpoint needs the header 'Authorization: Bearer TOKEN'")
 
     retrieve_auth = [Depends(auth)] if protect_retrieve else []
+    locked = {401: _error_doc("no or wrong 'Authorization: Bearer TOKEN'")}
+    read_locked = locked if protect_retrieve else {}
+    with_body = {
+        400: _error_doc("the body is missing, not JSON, or nested too deeply"),
+        413: _error_doc("the body is over --max-body-bytes"),
+        422: _error_doc("a field does not fit: unknown ids, wrong types, k or beam out of range"),
+    }
+    id_doc = {422: _error_doc("the item id does not fit this data (e.g. not an integer)")}
 
     # ---- errors ------------------------------------------------------------------------------
     @app.exception_handler(ServiceError)
@@ -292,7 +318,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if err.status_code == 401 else None
+        headers = dict(err.headers or {})  # e.g. a 405's Allow
+        if err.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse({"error": str(err.detail)}, err.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -305,7 +333,12 @@ def create_app(
         return JSONResponse({"error": f"internal error ({type(err).__name__}); see the log"}, 500)
 
     # ---- endpoints ---------------------------------------------------------------------------
-    @app.post("/v1/retrieve", dependencies=retrieve_auth, openapi_extra=_schema(RetrieveBody))
+    @app.post(
+        "/v1/retrieve",
+        dependencies=retrieve_auth,
+        openapi_extra=_schema(RetrieveBody),
+        responses={**with_body, **read_locked},
+    )
     async def retrieve(request: Request) -> dict[str, Any]:
         """Top-k items for one query or a batch."""
         body = await _parse(request, RetrieveBody)
@@ -326,35 +359,67 @@ def create_app(
         rows = [_result(r) for r in results]
         return rows[0] if single else {"results": rows}
 
-    @app.put("/v1/items/{item_id}", dependencies=[Depends(auth)], openapi_extra=_schema(ItemBody))
-    async def put_item(item_id: str, request: Request) -> dict[str, Any]:
+    @app.put(
+        "/v1/items/{item_id}",
+        dependencies=[Depends(auth)],
+        openapi_extra=_schema(ItemBody),
+        responses={**with_body, **locked},
+    )
+    async def put_item(item_id: ItemId, request: Request) -> dict[str, Any]:
         """Add an item, or update it, from its embedding or its text."""
         body = await _parse(request, ItemBody)
         out = await run_in_threadpool(service.put_item, item_id, body.embedding, body.text)
         metrics.updates.labels("put").inc()
         return out
 
-    @app.delete("/v1/items/{item_id}", dependencies=[Depends(auth)])
-    async def delete_item(item_id: str) -> dict[str, Any]:
+    @app.delete(
+        "/v1/items/{item_id}",
+        dependencies=[Depends(auth)],
+        responses={**locked, 404: _error_doc("the item is not in the index"), **id_doc},
+    )
+    async def delete_item(item_id: ItemId) -> dict[str, Any]:
         out = await run_in_threadpool(service.delete_item, item_id)
         metrics.updates.labels("delete").inc()
         return out
 
-    @app.get("/v1/items/{item_id}", dependencies=retrieve_auth)
-    async def get_item(item_id: str, embedding: bool = False) -> dict[str, Any]:
+    @app.get(
+        "/v1/items/{item_id}",
+        dependencies=retrieve_auth,
+        responses={**read_locked, 404: _error_doc("the item is not in the index"), **id_doc},
+    )
+    async def get_item(item_id: ItemId, embedding: bool = False) -> dict[str, Any]:
         return await run_in_threadpool(service.item, item_id, embedding)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", **service.stats()}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PrometheusText)
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus metrics, in its text format."""
+        return PrometheusText(generate_latest(metrics.registry))
 
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(Observe, metrics=metrics)  # outermost: sees the 413s too
     return app
+
+
+BEARER = HTTPBearer(auto_error=False, description="the token of `hirex serve --token-file`")
+ItemId = Annotated[str, PathParam(description="the item's original id", examples=["0"])]
+
+
+class ErrorBody(BaseModel):
+    """What every error response holds."""
+
+    error: str
+
+
+class PrometheusText(Response):
+    media_type = CONTENT_TYPE_LATEST
+
+
+def _error_doc(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
