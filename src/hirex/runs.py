@@ -7,6 +7,8 @@
 <run>/codebooks.safetensors    index codebooks learned with the model (index.method joint / em)
 <run>/index/                   the hierarchical index with its model (index.method != none)
 <run>/user_ids.json, item_ids.json   original ids, when the data had them
+<run>/run.json                 sha256 of config.toml, metrics.json and the id maps, written
+                               last; checked at load (the safetensors files carry their own)
 
 A generative run (``generator.ids`` set) holds, instead of the model and index:
 
@@ -16,6 +18,7 @@ A generative run (``generator.ids`` set) holds, instead of the model and index:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -37,6 +40,7 @@ from hirex.index.exhaustive import exhaustive_topk
 from hirex.index.files import save_index
 from hirex.index.search import beam_search
 from hirex.index.topk import TopK
+from hirex.manifest import sha256_file
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
 from hirex.semantic_ids.files import load_generator, load_ids, save_ids
 from hirex.semantic_ids.ids import SemanticIds, catalogue_fingerprint
@@ -142,12 +146,41 @@ def cold_start_report(dataset: Dataset, test_metrics) -> dict[str, Any]:  # noqa
 
 
 def write_report(out: Path, report: dict[str, Any], dataset: Dataset) -> None:
-    """metrics.json and the original-id maps of a finished run."""
+    """metrics.json and the original-id maps of a finished run, then the run's checksums."""
     atomic_write_json(out / "metrics.json", report)
     if dataset.user_ids is not None:
         dataset.user_ids.save(out / "user_ids.json")
     if dataset.item_ids is not None:
         dataset.item_ids.save(out / "item_ids.json")
+    files = {n: sha256_file(out / n) for n in RUN_FILES if (out / n).exists()}
+    atomic_write_json(out / RUN_MANIFEST, {"format": "hirex-run", "version": 1, "files": files})
+
+
+RUN_MANIFEST = "run.json"
+RUN_FILES = ("config.toml", "metrics.json", "user_ids.json", "item_ids.json")
+
+
+def verify_run_files(path: Path) -> None:
+    """Check the files that run.json lists against their checksums (a run written before
+    run.json existed has none to check)."""
+    manifest_path = path / RUN_MANIFEST
+    if not manifest_path.exists():
+        return
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{manifest_path} is damaged ({err}); restore it from a copy, or retrain the run"
+        ) from err
+    for name, digest in files.items():
+        file = path / name
+        if not file.exists():
+            raise ValueError(f"{file} is missing (run.json lists it); restore it from a copy")
+        if sha256_file(file) != digest:
+            raise ValueError(
+                f"{file} does not match its checksum in {manifest_path}: it was changed or "
+                "damaged after the run was written. Restore it from a copy, or retrain."
+            )
 
 
 def index_run(
@@ -247,6 +280,7 @@ class Run:
 def load_run(path: str | os.PathLike, device: str = "auto") -> Run:
     """Reload a finished run: its config, its model and the data it was trained on."""
     path = Path(path)
+    verify_run_files(path)
     if (path / "config.toml").exists() and (path / GENERATOR_DIR).exists():
         return _load_generative_run(path, device)
     if not (path / "config.toml").exists() or not (path / MODEL).exists():
@@ -327,6 +361,7 @@ def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Pa
             MODEL,
             "metrics.json",
             "codebooks.safetensors",
+            RUN_MANIFEST,
         ):
             (out / name).unlink(missing_ok=True)
         for name in (IDS_DIR, GENERATOR_DIR):

@@ -283,3 +283,26 @@ def test_sequences_too_short_for_validation_get_the_sequence_hint(tmp_path, caps
     err = capsys.readouterr().err
     assert "no validation targets" in err and "3+ items" in err
     assert "valid_per_user" not in err
+
+
+@pytest.mark.parametrize(
+    ("name", "edit"),
+    [
+        ("config.toml", lambda t: t.replace("epochs = 2", "epochs = 3")),
+        ("metrics.json", lambda t: t.replace('"best_epoch": ', '"best_epoch": 1', 1)),
+    ],
+)
+def test_a_changed_run_file_is_refused(trained_run, tmp_path, name, edit, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert (run / "run.json").exists()
+    path = run / name
+    changed = edit(path.read_text())
+    assert changed != path.read_text()
+    path.write_text(changed)
+    assert main(["eval", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} does not match its checksum" in err and "Traceback" not in err
+    assert path.read_text() == changed
