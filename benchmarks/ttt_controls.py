@@ -9,6 +9,8 @@ is reused), fine-tune with:
 - the replay control (``ttt.data = "replay"``): the same number of ordinary training pairs,
   no mined data, at the same learning rates.
 
+``--set ttt.params='user'`` fine-tunes the user side only (items keep their embeddings).
+
 Reported per control: validation Recall/NDCG (exhaustive) of the start model and after each
 fine-tuning epoch (whatever the early stopping keeps), and the number of pairs. Validation
 only: the test split is not read.
@@ -53,12 +55,14 @@ def main() -> None:
             "index.method='posthoc'",
             f"train.seed={args.seed}",
             f"ttt.seed={args.seed}",
-            *args.overrides,
+            *[o for o in args.overrides if not o.startswith("ttt.")],
         ],
     )
     ds = dataset_from_config(cfg.data)
     run_dir = Path(f"runs/ttt-{args.dataset}") / f"seed{args.seed}"
     train_run(cfg, ds, run_dir, restart=False, progress=False)
+    # ttt.* settings do not change the base run (its folder is shared with ttt.py).
+    cfg = apply_overrides(cfg, [o for o in args.overrides if o.startswith("ttt.")])
     model, index = load_index(run_dir / INDEX_DIR)
     ks = tuple(sorted({int(m.split("@")[1]) for m in metrics}))
     start = evaluate(model, ds, "valid", ks).metrics

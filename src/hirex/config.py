@@ -214,6 +214,9 @@ class TTTConfig:
     1..depth (the node-centred subset)."""
     replay: float = 1.0
     """Ordinary training pairs replayed per mined pair (0: mined data only)."""
+    params: Literal["all", "user"] = "all"
+    """What fine-tuning changes: every parameter, or the user side only (the item tower and
+    the scorer stay, so every item keeps its embedding and its path in the index)."""
     data: Literal["mined", "replay"] = "mined"
     """mined: the mined pairs (and node-centred subset, and replay); replay: a control that
     fine-tunes on ordinary training pairs only, as many as ``mined`` would give, to tell the

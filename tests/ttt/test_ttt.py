@@ -136,6 +136,40 @@ def test_ttt_never_ends_worse_on_validation_and_refreshes_the_index(trained, tmp
         assert np.isin(b, a).all()  # every node survives the refresh
 
 
+def test_user_side_ttt_keeps_the_items_and_trains_the_users(trained):
+    from hirex.train.trainer import CHECKPOINT, _Loop
+
+    cfg, ds, model, index = trained
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    c = apply_overrides(cfg, ["train.lr=0.01"])
+    init = {k: v.clone() for k, v in start.items()}
+    loop = _Loop(
+        c,
+        ds,
+        ds.train,
+        None,
+        CHECKPOINT,
+        torch.device("cpu"),
+        False,
+        init=init,
+        frozen=("item_tower.",),
+    )
+    for step in range(3):  # a few optimiser steps of the fine-tuning loop itself
+        loss = loop._loss(0, step)
+        loop.optimizer.zero_grad()
+        loss.backward()
+        loop.optimizer.step()
+    tuned = loop.model.state_dict()
+    changed = {k for k in start if not torch.equal(start[k], tuned[k])}
+    assert changed and all(not k.startswith("item_tower.") for k in changed)
+    # Through TTT: the items keep their embeddings and so their paths in the index.
+    c2 = apply_overrides(cfg, ["ttt.threshold=0.2", "ttt.epochs=1", "ttt.params='user'"])
+    res = run_ttt(c2, ds, model, index, None, progress=False)
+    after = res.model.state_dict()
+    assert all(torch.equal(start[k], after[k]) for k in start if k.startswith("item_tower."))
+    assert torch.equal(res.index.codes, index.codes)
+
+
 def test_nothing_to_mine_is_a_clear_error(trained):
     cfg, ds, model, index = trained
     empty = dataclasses.replace(ds, train=Interactions.empty(ds.n_users, ds.n_items))

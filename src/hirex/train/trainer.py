@@ -205,10 +205,12 @@ def finetune_model(
     out_dir: str | Path | None = None,
     *,
     progress: bool = True,
+    frozen: tuple[str, ...] = (),
 ) -> TrainResult:
     """Continue training ``model`` on (user, item) ``pairs`` (users encoded from their training
     histories) with ``cfg.train``'s optimiser settings, early stopping on validation; the
-    starting model counts as epoch 0, so the result is never worse on validation than it."""
+    starting model counts as epoch 0, so the result is never worse on validation than it.
+    ``frozen``: prefixes of parameter names kept as they are (e.g. ``("item_tower.",)``)."""
     out = Path(out_dir) if out_dir is not None else None
     device = resolve_device(cfg.train.device)
     loop = _Loop(
@@ -221,6 +223,7 @@ def finetune_model(
         progress,
         pairs=pairs,
         init={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        frozen=frozen,
     )
     start = evaluate_split(cfg, loop.model, dataset, "valid").metrics
     result = loop.run(validate=True)
@@ -253,6 +256,7 @@ class _Loop:
         *,
         pairs: Interactions | None = None,
         init: dict[str, torch.Tensor] | None = None,
+        frozen: tuple[str, ...] = (),
     ) -> None:
         self.cfg, self.dataset, self.train, self.out = cfg, dataset, train, out
         self.ckpt = out / checkpoint_name if out is not None else None
@@ -293,7 +297,10 @@ class _Loop:
             self.indexer = IndexLearner(
                 cfg.index, self.model, len(self.batches), tc.epochs, tc.seed
             )
-        params = list(self.model.parameters())
+        for name, param in self.model.named_parameters():
+            if name.startswith(frozen):  # kept as they are: not trained, not decayed
+                param.requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
         if self.indexer is not None:
             params += self.indexer.parameters()
         self.optimizer = torch.optim.AdamW(

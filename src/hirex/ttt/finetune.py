@@ -105,5 +105,8 @@ def test_time_train(
         ),
         index=dataclasses.replace(cfg.index, method="none"),
     )
-    result = finetune_model(ft_cfg, dataset, model, pairs, out_dir, progress=progress)
+    frozen = ("item_tower.", "scorer.", "spectral.") if tc.params == "user" else ()
+    result = finetune_model(
+        ft_cfg, dataset, model, pairs, out_dir, progress=progress, frozen=frozen
+    )
     return TTTResult(result.model, refresh_index(index, result.model), mined, result, pairs.nnz)
