@@ -94,7 +94,7 @@ def test_retrieve_json_and_csv(trained_run, tmp_path, capsys):
     [
         (["retrieve", "--users", "99999"], "unknown user ids"),
         (["retrieve", "--users", "abc"], "integers"),
-        (["retrieve", "--users", "1", "--k", "0"], "--k must be positive"),
+        (["retrieve", "--users", "1", "--k", "0"], "--k must lie in 1.."),
         (["eval", "--ks", "ten"], "comma-separated integers"),
         (["retrieve", "--users", ""], "--users is empty"),
         (["retrieve", "--users", " "], "--users is empty"),

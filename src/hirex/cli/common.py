@@ -7,6 +7,9 @@ from pathlib import Path
 
 from hirex.config import RunConfig, apply_overrides, load_config
 
+MAX_K = 100_000
+"""The largest cut-off (--k, --ks) the commands accept."""
+
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(

@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 
 from hirex.atomic_files import atomic_write_json
-from hirex.cli.common import add_index_options, beam_of, open_index, print_metrics
+from hirex.cli.common import MAX_K, add_index_options, beam_of, open_index, print_metrics
 from hirex.eval.protocols import evaluate, evaluate_index, evaluate_ranker
 from hirex.runs import load_run
 from hirex.train.trainer import eval_ks
@@ -155,6 +155,6 @@ def _parse_ks(text: str) -> tuple[int, ...]:
         ks = tuple(int(k) for k in text.split(","))
     except ValueError:
         raise ValueError(f"--ks {text!r} must be comma-separated integers, e.g. 10,20") from None
-    if min(ks) <= 0:
-        raise ValueError(f"--ks {text!r}: cut-offs must be positive")
+    if min(ks) <= 0 or max(ks) > MAX_K:
+        raise ValueError(f"--ks {text!r}: cut-offs must lie in 1..{MAX_K:,}")
     return ks

@@ -78,6 +78,15 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    for arg in sys.argv[1:] if argv is None else argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            # A byte that is not UTF-8 (a file name from another system): refused here, before
+            # it reaches a path or a file and fails there with a traceback.
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            print(f"hirex: error: argument {shown!r} is not valid UTF-8 text", file=sys.stderr)
+            return 2
     args = _parse(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from hirex.atomic_files import atomic_write_text
-from hirex.cli.common import add_index_options, beam_of, open_index
+from hirex.cli.common import MAX_K, add_index_options, beam_of, open_index
 from hirex.runs import load_run, run_topk
 
 
@@ -49,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.k <= 0:
-        raise ValueError(f"--k must be positive, got {args.k}")
+    if not 0 < args.k <= MAX_K:
+        raise ValueError(f"--k must lie in 1..{MAX_K:,}, got {args.k}")
     if args.output and Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a folder; give a file name in it")
     if args.users is not None and not args.users.strip():
@@ -94,13 +94,13 @@ def _to_dense(raw: list[str], id_map, n_users: int) -> np.ndarray:
     if id_map is not None:
         return id_map.to_dense(raw)
     try:
-        dense = np.array([int(x) for x in raw], dtype=np.int64)
+        ids = [int(x) for x in raw]
     except ValueError:
         raise ValueError(f"user ids of this dataset are integers; got {raw[:5]}") from None
-    bad = dense[(dense < 0) | (dense >= n_users)]
-    if len(bad):
-        raise ValueError(f"unknown user ids {bad[:10].tolist()}; valid ids are 0..{n_users - 1}")
-    return dense
+    bad = [u for u in ids if not 0 <= u < n_users]
+    if bad:
+        raise ValueError(f"unknown user ids {bad[:10]}; valid ids are 0..{n_users - 1}")
+    return np.array(ids, dtype=np.int64)
 
 
 def _format(rows: list[dict], fmt: str) -> str:
