@@ -119,6 +119,8 @@ def test_bad_paths_and_options_of_train(tmp_path, capsys):
     a_file.write_text("keep me")
     assert main(["train", *SMALL, "--out", str(a_file)]) == 2
     assert "is a file" in capsys.readouterr().err
+    assert main(["train", *SMALL, "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
     assert a_file.read_text() == "keep me"
     assert main(["train", "--config", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "is a directory" in capsys.readouterr().err

@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out is empty; give the run folder, e.g. --out runs/my-run")
     cfg = config_from_args(args)
     out = args.out or f"runs/{cfg.data.name.rstrip('/').split('/')[-1]}"
     if args.distributed:
