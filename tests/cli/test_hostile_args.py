@@ -46,7 +46,9 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("command", ["eval", "retrieve"])
-def test_hostile_values_end_in_a_clear_error(run_dir, tmp_path, command, capsys):
+def test_hostile_values_end_in_a_clear_error(run_dir, tmp_path, command, capsys, monkeypatch):
+    # An --output of "-1" is a file named -1: written here, not in the repository.
+    monkeypatch.chdir(tmp_path)
     base = ["--users", "1"] if command == "retrieve" else []
     before = sorted((p.name, p.stat().st_mtime_ns) for p in run_dir.rglob("*"))
     failures = []
