@@ -374,6 +374,8 @@ def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Pa
                 "or pass --restart to discard that run"
             )
     save_config(cfg, saved)
+    # The run is being (re)trained: its checksums are written again when it finishes.
+    (out / RUN_MANIFEST).unlink(missing_ok=True)
     return out
 
 
