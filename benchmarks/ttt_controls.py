@@ -10,6 +10,8 @@ is reused), fine-tune with:
   no mined data, at the same learning rates.
 
 ``--set ttt.params='user'`` fine-tunes the user side only (items keep their embeddings).
+``--resume-optimizer`` starts AdamW from the base run's checkpoint (its moments and step
+count) instead of a fresh one.
 
 Reported per control: validation Recall/NDCG (exhaustive) of the start model and after each
 fine-tuning epoch (whatever the early stopping keeps), and the number of pairs. Validation
@@ -34,6 +36,8 @@ from hirex.config import apply_overrides, config_to_dict, load_config
 from hirex.eval.protocols import evaluate
 from hirex.index.files import load_index
 from hirex.runs import INDEX_DIR, dataset_from_config, train_run
+from hirex.train.checkpoint import read_checkpoint
+from hirex.train.trainer import CHECKPOINT
 from hirex.ttt.finetune import test_time_train
 
 
@@ -44,6 +48,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr-divisors", default="1,10,100")
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--resume-optimizer", action="store_true")
     p.add_argument("--output", default=str(RESULTS / "ttt_controls.json"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -64,6 +69,7 @@ def main() -> None:
     # ttt.* settings do not change the base run (its folder is shared with ttt.py).
     cfg = apply_overrides(cfg, [o for o in args.overrides if o.startswith("ttt.")])
     model, index = load_index(run_dir / INDEX_DIR)
+    opt_state = read_checkpoint(run_dir / CHECKPOINT)[1] if args.resume_optimizer else None
     ks = tuple(sorted({int(m.split("@")[1]) for m in metrics}))
     start = evaluate(model, ds, "valid", ks).metrics
     result = {
@@ -73,6 +79,7 @@ def main() -> None:
         "config": config_to_dict(cfg),
         "metrics": list(metrics),
         "start_valid": {m: round(start[m], 5) for m in metrics},
+        "optimizer": "resumed from the base run's checkpoint" if opt_state else "fresh AdamW",
         "controls": {},
     }
     print("start", result["start_valid"], flush=True)
@@ -82,7 +89,9 @@ def main() -> None:
             name = f"{data}, lr {lr:g}"
             tcfg = dataclasses.replace(cfg, ttt=dataclasses.replace(cfg.ttt, data=data, lr=lr))
             t0 = time.perf_counter()
-            res = test_time_train(tcfg, ds, model, index, None, progress=False)
+            res = test_time_train(
+                tcfg, ds, model, index, None, progress=False, optimizer_state=opt_state
+            )
             epochs = [e for e in res.training.epochs if "valid" in e]
             result["controls"][name] = {
                 "data": data,

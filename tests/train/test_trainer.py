@@ -249,3 +249,45 @@ def test_spectral_branch_is_attached_after_training(tiny_set_data, tmp_path):
     again = evaluate(result.model, ds, "valid").metrics["recall@20"]
     assert result.best_valid["recall@20"] == pytest.approx(again)
     assert result.best_valid["recall@20"] != result.epochs[result.best_epoch]["valid"]["recall@20"]
+
+
+def test_fine_tuning_can_resume_the_training_optimizer(tiny_set_data, tmp_path):
+    import torch
+
+    from hirex.train.checkpoint import read_checkpoint
+    from hirex.train.trainer import CHECKPOINT, _Loop
+
+    ds = tiny_set_data[0]
+    cfg = _cfg("train.epochs=2")
+    result = train_model(cfg, ds, tmp_path, progress=False)
+    _, opt_state, _ = read_checkpoint(tmp_path / CHECKPOINT)
+    tuned = apply_overrides(cfg, ["train.lr=0.001"])
+    init = {k: v.clone() for k, v in result.model.state_dict().items()}
+    loop = _Loop(
+        tuned,
+        ds,
+        ds.train,
+        None,
+        "unused",
+        torch.device("cpu"),
+        False,
+        init=init,
+        optimizer_state=opt_state,
+    )
+    steps = {float(s["step"]) for s in loop.optimizer.state.values()}
+    assert steps == {float(opt_state["state"][0]["step"])} and min(steps) > 0  # continued
+    assert loop.optimizer.param_groups[0]["lr"] == 0.001  # this config's rate, not the saved
+    moment = loop.optimizer.state[next(loop.model.parameters())]["exp_avg_sq"]
+    assert torch.equal(moment, opt_state["state"][0]["exp_avg_sq"])
+    with pytest.raises(ValueError, match="does not fit this model"):
+        bigger = apply_overrides(tuned, ["model.dim=16"])
+        _Loop(
+            bigger,
+            ds,
+            ds.train,
+            None,
+            "unused",
+            torch.device("cpu"),
+            False,
+            optimizer_state=opt_state,
+        )

@@ -206,11 +206,15 @@ def finetune_model(
     *,
     progress: bool = True,
     frozen: tuple[str, ...] = (),
+    optimizer_state: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Continue training ``model`` on (user, item) ``pairs`` (users encoded from their training
     histories) with ``cfg.train``'s optimiser settings, early stopping on validation; the
     starting model counts as epoch 0, so the result is never worse on validation than it.
-    ``frozen``: prefixes of parameter names kept as they are (e.g. ``("item_tower.",)``)."""
+    ``frozen``: prefixes of parameter names kept as they are (e.g. ``("item_tower.",)``).
+    ``optimizer_state``: AdamW's state to start from (e.g. that of the training run's
+    checkpoint, ``read_checkpoint(path)[1]``) instead of a fresh one; lr and weight decay are
+    this config's."""
     out = Path(out_dir) if out_dir is not None else None
     device = resolve_device(cfg.train.device)
     loop = _Loop(
@@ -224,6 +228,7 @@ def finetune_model(
         pairs=pairs,
         init={k: v.detach().cpu() for k, v in model.state_dict().items()},
         frozen=frozen,
+        optimizer_state=optimizer_state,
     )
     start = evaluate_split(cfg, loop.model, dataset, "valid").metrics
     result = loop.run(validate=True)
@@ -257,6 +262,7 @@ class _Loop:
         pairs: Interactions | None = None,
         init: dict[str, torch.Tensor] | None = None,
         frozen: tuple[str, ...] = (),
+        optimizer_state: dict[str, Any] | None = None,
     ) -> None:
         self.cfg, self.dataset, self.train, self.out = cfg, dataset, train, out
         self.ckpt = out / checkpoint_name if out is not None else None
@@ -309,6 +315,22 @@ class _Loop:
             weight_decay=tc.weight_decay,
             betas=(0.9, tc.adam_beta2),
         )
+        if optimizer_state is not None:
+            if frozen or self.indexer is not None:
+                raise ValueError("an optimizer state can only be resumed for all the parameters")
+            try:
+                self.optimizer.load_state_dict(optimizer_state)
+                for param in params:  # load_state_dict checks counts, not shapes
+                    moment = self.optimizer.state.get(param, {}).get("exp_avg")
+                    if moment is not None and moment.shape != param.shape:
+                        raise ValueError(
+                            f"a moment of shape {list(moment.shape)} for a "
+                            f"parameter of shape {list(param.shape)}"
+                        )
+            except (KeyError, ValueError, RuntimeError) as err:
+                raise ValueError(f"the optimizer state does not fit this model ({err})") from err
+            for group in self.optimizer.param_groups:
+                group.update(lr=tc.lr, weight_decay=tc.weight_decay)
         n = dataset.n_items
         freq = np.maximum(counts, 1) / max(counts.sum(), 1)
         self.log_freq = torch.from_numpy(np.log(freq)).float().to(device)

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,9 +87,11 @@ def test_time_train(
     out_dir: str | Path | None = None,
     *,
     progress: bool = True,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> TTTResult:
     """Mine (user, node) data from ``index`` on the training split, fine-tune ``model`` on it
-    (``cfg.ttt``: epochs, lr, replay), and return the fine-tuned model with a refreshed index."""
+    (``cfg.ttt``: epochs, lr, replay), and return the fine-tuned model with a refreshed index.
+    ``optimizer_state``: start AdamW from the training run's state (see ``finetune_model``)."""
     tc = cfg.ttt
     mined = mine(model, index, dataset.train, tc.depth, tc.threshold, tc.beam)
     log.info("mined: %s", mined.summary())
@@ -107,6 +110,13 @@ def test_time_train(
     )
     frozen = ("item_tower.", "scorer.", "spectral.") if tc.params == "user" else ()
     result = finetune_model(
-        ft_cfg, dataset, model, pairs, out_dir, progress=progress, frozen=frozen
+        ft_cfg,
+        dataset,
+        model,
+        pairs,
+        out_dir,
+        progress=progress,
+        frozen=frozen,
+        optimizer_state=optimizer_state,
     )
     return TTTResult(result.model, refresh_index(index, result.model), mined, result, pairs.nnz)
