@@ -4,7 +4,7 @@ Reads the per-epoch records that ``hirex train`` keeps in the run's checkpoint (
 validation metrics, seconds since the start), so it works on a run that is still going or was
 stopped: the same command resumes it later. Test metrics are not read.
 
-    python benchmarks/training_curve.py runs/bench-gowalla-mol   # results/gowalla-mol-curve.json
+    python benchmarks/training_curve.py runs/bench-gowalla-mol   # training_curve_gowalla-mol.json
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", help="a run folder with checkpoint.safetensors")
     parser.add_argument("--metric", default="recall@20")
-    parser.add_argument("--output", default=None, help="default: results/<run name>-curve.json")
+    parser.add_argument("--output", default=None, help="default: results/training_curve_<run>.json")
     args = parser.parse_args()
     run = Path(args.run)
     with safe_open(str(run / "checkpoint.safetensors"), framework="pt") as f:
@@ -57,7 +57,7 @@ def main() -> None:
         "note": "validation only; minutes are training time including validation, as the run "
         "recorded them (on a machine that may have been shared)",
     }
-    out = args.output or str(RESULTS / f"{run.name.removeprefix('bench-')}-curve.json")
+    out = args.output or str(RESULTS / f"training_curve_{run.name.removeprefix('bench-')}.json")
     atomic_write_json(out, result)
     for e in curve:
         print(e)
