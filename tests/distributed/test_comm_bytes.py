@@ -11,7 +11,7 @@ import torch.distributed as dist
 from hirex.distributed.comm_bytes import CommCounter, host_of
 from hirex.distributed.launch import LaunchConfig, launch
 
-from .test_sptt import processes_mentioning
+from .processes import processes_mentioning
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ gradient equal the flat model's, on 2 emulated hosts x 2 ranks (real processes, 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,7 @@ torchrec = pytest.importorskip("torchrec")
 from hirex.distributed.launch import LaunchConfig, launch  # noqa: E402
 from hirex.distributed.sptt import TowerDLRM, sharding_plan  # noqa: E402
 
-
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit() and int(p.name) != os.getpid():
-            try:
-                if text in (p / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(p.name))
-            except OSError:
-                continue
-    return pids
+from .processes import processes_mentioning  # noqa: E402
 
 
 def run_worker(task: str, out: Path, *args: str) -> dict:

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 from hirex.cli.main import main
 
+from .processes import assert_none_left, processes_mentioning
+
 pytestmark = pytest.mark.slow
 
 TINY = [
@@ -36,28 +38,6 @@ TINY = [
     "train.batch_size=256",
 ]
 TWO_HOSTS = ["--distributed", "--nnodes", "2", "--nproc-per-node", "2"]
-
-
-def _processes_of(marker: str) -> list[int]:
-    """Pids of the processes whose command line mentions ``marker`` (a run folder)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
-def _assert_none_left(marker: str) -> None:
-    end = time.monotonic() + 20
-    while _processes_of(marker) and time.monotonic() < end:
-        time.sleep(0.2)
-    assert _processes_of(marker) == [], "processes of the distributed job were left behind"
 
 
 def _max_diff(a: Path, b: Path) -> float:
@@ -100,7 +80,7 @@ def test_four_processes_match_one(tmp_path, extra, capsys):
     for split in ("valid", "test"):
         for metric, value in one[split].items():
             assert four[split][metric] == pytest.approx(value, abs=1e-4), (split, metric)
-    _assert_none_left(str(tmp_path))
+    assert_none_left(str(tmp_path))
 
 
 def load_file_meta(path: Path) -> dict[str, str]:
@@ -113,7 +93,7 @@ def load_file_meta(path: Path) -> dict[str, str]:
 def _worker_pids(marker: str) -> list[int]:
     return [
         pid
-        for pid in _processes_of(marker)
+        for pid in processes_mentioning(marker)
         if b"hirex.distributed.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
         and b"torch.distributed.run" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
@@ -166,14 +146,14 @@ def test_kill_then_resume(tmp_path, uninterrupted, first, resume):
         assert "a training process failed" in err and "resumes from it" in err
     else:
         assert job.returncode == -signal.SIGKILL
-    _assert_none_left(str(run))
+    assert_none_left(str(run))
     state = json.loads(load_file_meta(run / "checkpoint.safetensors")["state"])
     assert not state["done"] and (state["epoch"], state["step"]) != (0, 0)
     # Rerun: resumes from the checkpoint and ends where the uninterrupted run ended.
     again = [*KILLED, "--out", str(run)] + (TWO_HOSTS if resume == "distributed" else [])
     assert main(["train", *again]) == 0
     assert _max_diff(uninterrupted / "model.safetensors", run / "model.safetensors") < 1e-5
-    _assert_none_left(str(run))
+    assert_none_left(str(run))
 
 
 @pytest.mark.parametrize(
