@@ -51,8 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.k <= MAX_K:
         raise ValueError(f"--k must lie in 1..{MAX_K:,}, got {args.k}")
-    if args.output and Path(args.output).is_dir():
-        raise ValueError(f"--output {args.output} is a folder; give a file name in it")
     if args.users is not None and not args.users.strip():
         raise ValueError("--users is empty; give comma-separated user ids, e.g. --users 12,40,7")
     r = load_run(args.run, args.device)
