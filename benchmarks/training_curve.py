@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="default: results/training_curve_<run>.json")
     args = parser.parse_args()
     run = Path(args.run)
+    if not (run / "checkpoint.safetensors").is_file():
+        parser.error(f"{run} has no checkpoint.safetensors: give a folder that hirex train wrote")
     with safe_open(str(run / "checkpoint.safetensors"), framework="pt") as f:
         state = json.loads(f.metadata()["state"])
     config = (
