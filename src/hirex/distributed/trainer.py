@@ -77,15 +77,16 @@ class _LossModule(nn.Module):
     def __init__(self, loop: DistributedLoop) -> None:
         super().__init__()
         self.model = loop.model
-        self._loop = [loop]  # a list: not a submodule, and no reference cycle through modules
+        self.loop = loop  # not a module: DistributedModelParallel sees only the model
 
     def forward(self, epoch: int, step: int) -> torch.Tensor:
-        loop = self._loop[0]
+        loop = self.loop
         loss = _Loop._loss(loop, epoch, step)
-        lo, hi = loop._row_range(loop.batch_rows(epoch, step))
+        m = loop.batch_rows(step)
+        lo, hi = loop._row_range(m)
         if hi == lo:  # a short last batch gives some ranks no rows: they add nothing
             return loss.nan_to_num(0.0) * 0.0
-        return loss * ((hi - lo) * loop.worker.world_size / loop.batch_rows(epoch, step))
+        return loss * ((hi - lo) * loop.worker.world_size / m)
 
 
 class DistributedLoop(_Loop):
@@ -154,7 +155,8 @@ class DistributedLoop(_Loop):
         return {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
 
     # ---- the rows of a batch ------------------------------------------------------------------
-    def batch_rows(self, epoch: int, step: int) -> int:
+    def batch_rows(self, step: int) -> int:
+        """Rows of the whole batch at ``step`` (the last one of an epoch may be short)."""
         bs = self.cfg.train.batch_size
         return min(bs, self.batches.n - step * bs)  # type: ignore[union-attr]
 
