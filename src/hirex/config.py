@@ -96,9 +96,10 @@ class ModelConfig:
     spectral_scale: float = 10.0
     """Spectral init: embeddings scaled so that the mean best score of a user is this logit."""
     spectral_rank: int = 0
-    """Rank of a fixed spectral branch added to a pooled-history dot model once it is trained:
+    """Rank of a fixed spectral branch added to a pooled-history model once it is trained:
     GF-CF's ideal low-pass filter r_u D_i^-1/2 V V^T D_i^1/2 over the top singular vectors V of
-    the normalised training matrix, as extra embedding dimensions.  0: no branch."""
+    the normalised training matrix, as extra embedding dimensions (a dot model's score is then
+    learned + filter; a MoL model's is its mixture + filter).  0: no branch."""
     spectral_weight: float = 3.0
     """The branch's scale: a typical user's best branch score, in logits (the learned part's
     cosine scores reach 1 / temperature)."""
@@ -141,6 +142,10 @@ class TrainConfig:
     """Steps between mid-epoch checkpoints (0: only at epoch ends)."""
     refit: bool = False
     """After early stopping, retrain on train + valid for the best number of epochs."""
+    init_from: str = ""
+    """A trained model file (a run's model.safetensors) to start from instead of random
+    weights; a dot model grows into a MoL model with the same towers (every component starts
+    as the dot embeddings, see ``hirex.models.warm_start``).  Empty: random init."""
     seed: int = 0
     device: str = "auto"
     """auto (cuda when present), cpu, cuda, cuda:N."""
@@ -431,6 +436,10 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(
             f"index.method = {cfg.index.method!r} learns codebooks during training, before the "
             "spectral branch (model.spectral_rank) is attached; use index.method = 'posthoc'"
+        )
+    if cfg.train.init_from and cfg.model.init != "random":
+        raise ConfigError(
+            "train.init_from and model.init = 'spectral' both set the starting weights: choose one"
         )
     if cfg.model.init_std < 0:
         raise ConfigError("model.init_std must be >= 0 (0 picks 1/sqrt(dim))")

@@ -42,6 +42,7 @@ from hirex.index.search import beam_search
 from hirex.index.topk import TopK
 from hirex.manifest import sha256_file
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
+from hirex.models.warm_start import warm_start_state
 from hirex.semantic_ids.files import load_generator, load_ids, save_ids
 from hirex.semantic_ids.ids import SemanticIds, catalogue_fingerprint
 from hirex.semantic_ids.retriever import GenerativeRetriever
@@ -52,7 +53,14 @@ from hirex.train.generative import (
     retriever_for,
     train_generator,
 )
-from hirex.train.trainer import MODEL, TrainResult, eval_ks, evaluate_split, train_model
+from hirex.train.trainer import (
+    MODEL,
+    TrainResult,
+    build_model,
+    eval_ks,
+    evaluate_split,
+    train_model,
+)
 
 METRICS_FORMAT = "hirex-metrics"
 METRICS_VERSION = 1
@@ -387,6 +395,8 @@ def train_run(
         ids = generative_ids(cfg, dataset, out, restart)  # refused before anything is written
         out_dir = prepare_run_dir(cfg, out, restart)
         return generative_run(cfg, dataset, out_dir, ids, progress=progress)
+    if cfg.train.init_from:  # a model file that does not fit is refused before anything is written
+        warm_start_state(cfg.train.init_from, build_model(cfg, dataset), cfg.train.seed)
     out_dir = prepare_run_dir(cfg, out, restart)
     result = train_model(cfg, dataset, out_dir, progress=progress)
     return result, finish_run(cfg, dataset, result, out_dir)

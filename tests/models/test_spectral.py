@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -128,14 +130,62 @@ def test_beam_search_over_all_nodes_equals_exhaustive_with_the_branch(tiny_set_d
     assert np.array_equal(got.ids.numpy(), want.ids.numpy())
 
 
+def test_a_mixture_with_the_branch_scores_mixture_plus_filter(tiny_set_data):
+    """MoL + branch: the mixture of the learned P x Q logits plus the same filter a dot model's
+    branch adds, in score, in score_pairs and through beam search over all nodes."""
+    from hirex.config import IndexConfig
+    from hirex.index.build import build_index
+    from hirex.index.exhaustive import exhaustive_topk
+    from hirex.index.search import beam_search
+
+    ds, _ = tiny_set_data
+    cfg = ModelConfig(dim=16, use_user_id=False, spectral_rank=12, spectral_weight=2.0)
+    torch.manual_seed(0)
+    mol = RetrievalModel(
+        dataclasses.replace(cfg, scorer="mol", mol_user_embs=2, mol_item_embs=3),
+        ds.n_users,
+        ds.n_items,
+    )
+    dot = _branch_model(ds)
+    users = np.arange(40)
+    learned = _scores(mol, ds.train, users)
+    attach_spectral_branch(mol, ds.train)
+    attach_spectral_branch(dot, ds.train)
+    filt = _scores(dot, ds.train, users) - _scores_without_branch(dot, ds.train, users)
+    assert dot.embedding_dim == 16 + 12
+    got = _scores(mol, ds.train, users)
+    assert np.allclose(got - learned, filt, atol=1e-4 * np.abs(filt).max())
+    # score_pairs: the same entries.
+    with torch.no_grad():
+        u = mol.encode_users(UserBatch.from_interactions(ds.train, users))
+        items = torch.arange(ds.n_items)
+        e = mol.encode_items(items)
+        rows = torch.arange(len(users)).repeat_interleave(ds.n_items)
+        cols = items.repeat(len(users))
+        pairs = mol.score_pairs(
+            u[rows], e[cols], mol.user_side(u)[rows], mol.item_side(e)[cols]
+        ).view(len(users), -1)
+    assert np.allclose(pairs.numpy(), got, atol=1e-4)
+    index = build_index(mol, IndexConfig(method="posthoc", levels=[4, 4]))
+    beam = beam_search(mol, index, users, ds.train, 10, 16, exclude=ds.train).topk
+    want = exhaustive_topk(mol, users, ds.train, 10, exclude=ds.train)
+    assert np.array_equal(beam.ids.numpy(), want.ids.numpy())
+
+
+def _scores_without_branch(model: RetrievalModel, history, users: np.ndarray) -> np.ndarray:
+    assert model.spectral is not None
+    model.spectral.fitted.fill_(False)
+    try:
+        return _scores(model, history, users)
+    finally:
+        model.spectral.fitted.fill_(True)
+
+
 def test_spectral_branch_bad_configs(tiny_set_data):
     ds, _ = tiny_set_data
-    for bad in (
-        ModelConfig(dim=8, spectral_rank=4, scorer="mol"),
-        ModelConfig(dim=8, spectral_rank=4, user_encoder="transformer"),
-    ):
-        with pytest.raises(ConfigError, match="pooled-history dot model"):
-            RetrievalModel(bad, ds.n_users, ds.n_items)
+    bad = ModelConfig(dim=8, spectral_rank=4, user_encoder="transformer")
+    with pytest.raises(ConfigError, match="pooled-history model"):
+        RetrievalModel(bad, ds.n_users, ds.n_items)
     with pytest.raises(ConfigError, match="spectral_rank = 5000 must lie between 1"):
         attach_spectral_branch(_branch_model(ds, rank=5000), ds.train)
     with pytest.raises(ValueError, match="no spectral branch"):

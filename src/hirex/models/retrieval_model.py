@@ -80,10 +80,10 @@ class RetrievalModel(nn.Module):
             raise ValueError(f"unknown scorer {cfg.scorer!r}; choose one of ['dot', 'mol']")
         self.spectral: SpectralBranch | None = None
         if cfg.spectral_rank:
-            if cfg.scorer != "dot" or cfg.user_encoder != "pooling":
+            if cfg.user_encoder != "pooling":
                 raise ConfigError(
-                    "model.spectral_rank adds a low-pass branch to a pooled-history dot model: "
-                    "it needs model.scorer = 'dot' and model.user_encoder = 'pooling'"
+                    "model.spectral_rank adds a low-pass branch to a pooled-history model: "
+                    "it needs model.user_encoder = 'pooling'"
                 )
             self.spectral = SpectralBranch(
                 n_items, cfg.spectral_rank, cfg.pooling_exponent, cfg.spectral_linear_weight > 0
@@ -113,7 +113,7 @@ class RetrievalModel(nn.Module):
         if self.spectral is not None and self.spectral.active:
             # score() divides by the temperature; the branch's scores are already logits.
             scale = self.cfg.temperature if self.cfg.cosine else 1.0
-            out = torch.cat([out, self.spectral.users(batch)[:, None] * scale], dim=-1)
+            out = _append_branch(out, self.spectral.users(batch) * scale)
         return out
 
     def encode_user_positions(self, users: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
@@ -131,7 +131,7 @@ class RetrievalModel(nn.Module):
         if self.spectral is not None and self.spectral.active:
             if items is None:
                 items = torch.arange(self.n_items, device=out.device)
-            out = torch.cat([out, self.spectral(items)[:, None]], dim=-1)
+            out = _append_branch(out, self.spectral(items))
         return out
 
     def encode_item_text(self, texts: list[str]) -> torch.Tensor:
@@ -143,16 +143,25 @@ class RetrievalModel(nn.Module):
 
     def score(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """user: (B, P, D), item: (N, Q, D) -> (B, N) scores (logits of the softmax)."""
-        s = self.scorer(user, item)
+        if self._branch_apart(user):
+            d = self.cfg.dim
+            s = self.scorer(user[..., :d], item[..., :d]) + user[:, 0, d:] @ item[:, 0, d:].T
+        else:
+            s = self.scorer(user, item)
         return s / self.cfg.temperature if self.cfg.cosine else s
+
+    def _branch_apart(self, emb: torch.Tensor) -> bool:
+        """Whether ``emb`` carries spectral dimensions that a non-dot scorer must not see: the
+        branch is then a separate term of the score, added to the scorer's."""
+        return emb.shape[-1] > self.cfg.dim and not isinstance(self.scorer, DotScorer)
 
     def user_side(self, user: torch.Tensor) -> torch.Tensor | None:
         """user: (B, P, D) -> the scorer's per-user precomputation for ``score_pairs`` (or None)."""
-        return self.scorer.user_side(user)
+        return self.scorer.user_side(user[..., : self.cfg.dim])
 
     def item_side(self, item: torch.Tensor) -> torch.Tensor | None:
         """item: (N, Q, D) -> the scorer's per-item precomputation for ``score_pairs`` (or None)."""
-        return self.scorer.item_side(item)
+        return self.scorer.item_side(item[..., : self.cfg.dim])
 
     def score_pairs(
         self,
@@ -164,7 +173,12 @@ class RetrievalModel(nn.Module):
         """user: (M, P, D), item: (M, Q, D), sides: the matching rows of ``user_side`` /
         ``item_side`` or None -> (M,) scores of the M (user, item) pairs, equal to the matching
         entries of ``score``."""
-        s = self.scorer.pairs(user, item, user_side, item_side)
+        if self._branch_apart(user):
+            d = self.cfg.dim
+            s = self.scorer.pairs(user[..., :d], item[..., :d], user_side, item_side)
+            s = s + (user[:, 0, d:] * item[:, 0, d:]).sum(-1)
+        else:
+            s = self.scorer.pairs(user, item, user_side, item_side)
         return s / self.cfg.temperature if self.cfg.cosine else s
 
     # ---- files ---------------------------------------------------------------
@@ -277,3 +291,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but CUDA is not available; use cpu or auto")
     return device
+
+
+def _append_branch(out: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """out: (M, P, D), branch: (M, K) -> (M, P, D + K): the branch in the first of the P
+    embeddings, zeros in the others (a dot scorer, P = 1, then scores learned + branch; a
+    mixture scores its P x Q logits on the first D and adds the first embeddings' branch)."""
+    pad = branch.new_zeros(out.shape[0], out.shape[1] - 1, branch.shape[1])
+    return torch.cat([out, torch.cat([branch[:, None].to(out.dtype), pad], 1)], dim=-1)

@@ -30,6 +30,7 @@ from hirex.index.learning import IndexLearner
 from hirex.models.retrieval_model import RetrievalModel, resolve_device
 from hirex.models.spectral import attach_spectral_branch, check_spectral, spectral_init
 from hirex.models.user_batch import UserBatch
+from hirex.models.warm_start import warm_start_state
 from hirex.train.batches import (
     PairBatches,
     SequenceBatch,
@@ -271,11 +272,15 @@ class _Loop:
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg, dataset)
         t_init = time.perf_counter()
+        fresh = self.ckpt is None or not self.ckpt.exists()  # a resumed run loads its weights
         if init is not None:
             self.model.load_state_dict(init)
+        elif tc.init_from:
+            if fresh:
+                self.model.load_state_dict(warm_start_state(tc.init_from, self.model, tc.seed))
         elif cfg.model.init == "spectral":
             check_spectral(self.model)
-            if self.ckpt is None or not self.ckpt.exists():  # a resumed run loads its weights
+            if fresh:
                 spectral_init(self.model, train, tc.seed)
         self.init_seconds = time.perf_counter() - t_init  # counted as training time
         self.model = self.model.to(device)
