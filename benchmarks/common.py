@@ -88,6 +88,31 @@ def rounded(metrics: dict[str, float], digits: int = 4) -> dict[str, float]:
     return {k: round(float(v), digits) for k, v in metrics.items()}
 
 
+def warm_start_source(model_path: str) -> dict[str, Any]:
+    """What a run started from (``train.init_from``): the model file's sha256 and, from the
+    metrics.json beside it, that run's training seconds and metrics."""
+    import hashlib
+    import json
+
+    path = Path(model_path)
+    info: dict[str, Any] = {
+        "model": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "train_seconds": 0.0,
+    }
+    metrics = path.parent / "metrics.json"
+    if metrics.exists():
+        report = json.loads(metrics.read_text())
+        info.update(
+            train_seconds=float(report.get("train_seconds", 0.0)),
+            valid=rounded(report.get("valid", {})),
+            test=rounded(report.get("test", {})),
+        )
+    else:
+        print(f"warning: {metrics} is missing: the starting run's training time is not counted")
+    return info
+
+
 def run_benchmark(
     name: str,
     doc: str,
@@ -148,6 +173,10 @@ def run_benchmark(
     test = evaluate(result.model, ds, "test", ks)
     print("test:", rounded(test.metrics), f"train {result.train_seconds:.0f}s")
 
+    # A run grown from another (train.init_from) costs that run's training too.
+    start = warm_start_source(cfg.train.init_from) if cfg.train.init_from else None
+    total_seconds = result.train_seconds + (start["train_seconds"] if start else 0.0)
+
     other = "mol" if cfg.model.scorer == "dot" else "dot"
     throughput = {
         cfg.model.scorer: round(scoring_throughput(result.model, ds), 1),
@@ -165,6 +194,8 @@ def run_benchmark(
             "valid": rounded(result.best_valid),
             "best_epoch": result.best_epoch + 1,
             "train_seconds": round(result.train_seconds, 1),
+            "total_train_seconds": round(total_seconds, 1),
+            "init_from": start,
             "exhaustive_users_per_second": throughput,
             "baselines": measured,
             "targets": targets,
