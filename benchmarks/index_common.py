@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -142,10 +143,11 @@ def beam_rows(
     metric: str,
     ex,
     rows: list[dict[str, Any]],
+    max_users: int | None = None,
 ) -> None:
     """Test metrics through ``index`` at every beam, appended to ``rows`` as method ``label``."""
     for beam in beams:
-        ev = evaluate_index(model, index, ds, "test", ks, beam)
+        ev = evaluate_index(model, index, ds, "test", ks, beam, max_users=max_users)
         rows.append(
             {
                 "method": label,
@@ -184,9 +186,21 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
         help="node pseudo-items to search each index with; rows of the second and later\n"
         "choices are labelled 'METHOD (CHOICE)'",
     )
+    p.add_argument(
+        "--runs",
+        default="",
+        help="comma-separated finished run folders (hirex train --out): measure post-hoc\n"
+        "indexes over their models instead of training one model per method",
+    )
+    p.add_argument("--levels", default="64,32", help="with --runs: the post-hoc index levels")
+    p.add_argument("--max-users", type=int, default=0, help="test users measured (0: all)")
+    p.add_argument("--result-name", default=name, help=f"results/<NAME>.json (default: {name})")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     beams_list = [b.strip() for b in args.beams.split(";") if b.strip()]
+    if args.runs:
+        measure_runs(args, beams_list)
+        return
     base = apply_overrides(
         load_config(args.config), [f'data.data_dir="{args.data_dir}"', *args.overrides]
     )
@@ -272,5 +286,61 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
             [int(x) for x in args.probes.split(",")],
         )
     write(complete=True)
+    plot(rows, metric, RESULTS / f"{name}.png", f"{name}: {metric} against items scored")
+    print(f"wrote benchmarks/results/{name}.json and .png")
+
+
+def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
+    """Post-hoc indexes (residual and hierarchical k-means) over the models of finished runs,
+    with exhaustive scoring of the same users, written to results/<result-name>.json and .png."""
+    from hirex.config import IndexConfig
+    from hirex.runs import load_run
+
+    rows: list[dict[str, Any]] = []
+    runs: dict[str, Any] = {}
+    levels = tuple(int(x) for x in args.levels.split(","))
+    max_users = args.max_users or None
+    name = args.result_name
+    for folder in args.runs.split(","):
+        run = load_run(folder, device="cpu")
+        ds, cfg = run.dataset, run.config
+        ks = eval_ks(cfg, ds)
+        metric = f"recall@{max(ks)}"
+        label = Path(folder).name
+        t0 = time.perf_counter()
+        ex = evaluate(run.model, ds, "test", ks, max_users=max_users)
+        rows.append(
+            {
+                "method": f"exhaustive ({label})",
+                "beam": None,
+                "items_scored_fraction": 1.0,
+                **rounded(ex.metrics),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        print(rows[-1], flush=True)
+        runs[label] = {"folder": folder, "scorer": cfg.model.scorer, "index_build_seconds": {}}
+        for kmeans in ("residual", "hierarchical"):
+            index_cfg = IndexConfig(method="posthoc", levels=levels, kmeans=kmeans)
+            t0 = time.perf_counter()
+            index = build_index(run.model, index_cfg, seed=cfg.train.seed)
+            runs[label]["index_build_seconds"][kmeans] = round(time.perf_counter() - t0, 1)
+            method = f"posthoc {kmeans} k-means ({label})"
+            beam_rows(run.model, index, ds, ks, beams, method, metric, ex, rows, max_users)
+            atomic_write_json(
+                RESULTS / f"{name}.json",
+                {
+                    "dataset": ds.summary(),
+                    "users_measured": max_users or "all",
+                    "complete": False,
+                    "rows": rows,
+                    "runs": runs,
+                    "command": command_line(),
+                    "machine": machine(),
+                },
+            )
+    payload = json.loads((RESULTS / f"{name}.json").read_text())
+    payload["complete"] = True
+    atomic_write_json(RESULTS / f"{name}.json", payload)
     plot(rows, metric, RESULTS / f"{name}.png", f"{name}: {metric} against items scored")
     print(f"wrote benchmarks/results/{name}.json and .png")
