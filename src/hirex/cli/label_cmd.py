@@ -18,6 +18,12 @@ from hirex.eval.trec import ranked, read_qrels, read_run, write_qrels
 log = logging.getLogger(__name__)
 
 
+MAX_BOOT = 100_000
+"""Bootstrap replicates at most (a huge count would run for ever)."""
+MAX_SCALE = 100
+"""The top grade at most (the confusion matrix is (scale + 1) squared)."""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "label",
@@ -202,8 +208,12 @@ def run_agree(args: argparse.Namespace) -> int:
     from hirex.eval.trec import trec_metrics
     from hirex.label.agreement import label_agreement, ranking_agreement
 
-    if args.boot < 1:
-        raise ValueError(f"--boot must be >= 1, got {args.boot}")
+    if not 1 <= args.boot <= MAX_BOOT:
+        raise ValueError(f"--boot must lie in 1..{MAX_BOOT:,}, got {args.boot}")
+    if args.scale is not None and not 1 <= args.scale <= MAX_SCALE:
+        raise ValueError(f"--scale must lie in 1..{MAX_SCALE} (the top grade), got {args.scale}")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must lie in 0..2**32 - 1, got {args.seed}")
     if args.output and Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a folder; give a file path for the JSON")
     gold, pred = read_qrels(args.gold), read_qrels(args.pred)

@@ -95,8 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, BackendError) as err:
-        # User-facing errors carry their own fix; no traceback unless asked for.
+    except (ValueError, KeyError, OSError, BackendError) as err:
+        # User-facing errors carry their own fix (an OSError names its file); no traceback
+        # unless asked for.
         if args.verbose:
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

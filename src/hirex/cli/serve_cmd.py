@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--k {args.k} must lie in 1..--max-k ({args.max_k})")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a port number")
+    if not 0 <= args.threads <= 1024:
+        raise ValueError(f"--threads must lie in 0..1024 (0: torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     token = _token(args)
