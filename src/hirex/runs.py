@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from hirex.atomic_files import atomic_write_json
-from hirex.config import ConfigError, DataConfig, RunConfig, load_config, save_config
+from hirex.atomic_files import atomic_write_json, atomic_write_text
+from hirex.config import ConfigError, DataConfig, RunConfig, config_to_toml, load_config
 from hirex.data.interactions import Dataset
 from hirex.data.registry import load_dataset
 from hirex.data.splits import cold_start_targets, hold_out_items
@@ -381,9 +381,11 @@ def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Pa
                 f"{out} holds a run with another config ({saved}); use a new --out folder "
                 "or pass --restart to discard that run"
             )
-    save_config(cfg, saved)
-    # The run is being (re)trained: its checksums are written again when it finishes.
-    (out / RUN_MANIFEST).unlink(missing_ok=True)
+    text = config_to_toml(cfg)
+    if not saved.exists() or saved.read_bytes() != text.encode():
+        atomic_write_text(saved, text)
+        # Another config: the old checksums no longer hold; written again when the run finishes.
+        (out / RUN_MANIFEST).unlink(missing_ok=True)
     return out
 
 
