@@ -387,6 +387,15 @@ HTTP: list[tuple[str, str, str, bytes, dict[str, str], int, str]] = [
         "NaN or infinite",
     ),
     ("put wrong width", "PUT", "/v1/items/5", b'{"embedding": [1.0, 2.0]}', AUTH, 422, "embedding"),
+    (
+        "put values too large",
+        "PUT",
+        "/v1/items/5",
+        b'{"embedding": [' + b",".join([b"1e7"] * 16) + b"]}",
+        AUTH,
+        422,
+        "must lie in [-1e+06, 1e+06]",
+    ),
     ("delete unknown", "DELETE", "/v1/items/99999", b"", AUTH, 404, "not in the index"),
     ("method not allowed", "DELETE", "/v1/retrieve", b"", {}, 405, ""),
 ]

@@ -259,8 +259,19 @@ def test_the_api_is_described_for_openapi_clients(server):
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/v1/retrieve", "/v1/items/{item_id}", "/healthz", "/metrics"} <= set(spec["paths"])
     body = spec["paths"]["/v1/retrieve"]["post"]["requestBody"]["content"]["application/json"]
-    assert "queries" in body["schema"]["properties"]
+    single, batch = body["schema"]["oneOf"]
+    assert single["oneOf"] == [{"required": ["user"]}, {"required": ["history"]}]
+    assert batch["required"] == ["queries"]
     assert body["schema"]["examples"][0] == {"user": 0, "k": 10}
+    # Ids, k and the embedding's shape are those of this service.
+    assert single["properties"]["user"] == {"type": "integer", "minimum": 0, "maximum": 399}
+    assert single["properties"]["k"]["anyOf"][0]["maximum"] == 1000
+    put = spec["paths"]["/v1/items/{item_id}"]["put"]
+    embedding = put["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert set(embedding) == {"embedding"}  # no text: this model has no text features
+    assert embedding["embedding"]["oneOf"][0]["minItems"] == 16
+    (param,) = put["parameters"]
+    assert param["schema"]["pattern"] == "^[0-9]{1,18}$"
     # The status codes the service sends, each with the body it sends: {"error": "..."}.
     paths = spec["paths"]
     codes = {
@@ -284,6 +295,9 @@ def test_the_api_is_described_for_openapi_clients(server):
     # A wrong method is a 405 with the Allow header, in the service's error body.
     r = httpx.request("PATCH", f"{server.url}/v1/retrieve", timeout=30)
     assert r.status_code == 405 and "POST" in r.headers["allow"] and "error" in r.json()
+    # ... listing every method of the path, though each has a route of its own.
+    r = httpx.request("OPTIONS", f"{server.url}/v1/items/0", timeout=30)
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET, PUT"
 
 
 def test_a_port_in_use_is_a_clear_error_before_anything_is_served(served_run, capsys, caplog):

@@ -41,6 +41,7 @@ from prometheus_client import (
 )
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     StrictBool,
     StrictFloat,
@@ -50,13 +51,24 @@ from pydantic import (
 )
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hirex.serve.schema import item_id_path_schema, item_schema, request_body, retrieve_schema
 from hirex.serve.service import Query, RetrievalService, ServiceError
 
 log = logging.getLogger(__name__)
 
-Id = StrictInt | StrictStr
+
+def _whole(value: Any) -> Any:
+    """A JSON number with no fraction (17.0) as the integer it is: JSON Schema's "integer"."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+WholeInt = Annotated[StrictInt, BeforeValidator(_whole)]
+Id = WholeInt | StrictStr
+NOT_NULL = ("user", "history", "queries", "embedding", "text")
+"""Fields that are left out rather than null (which of them is given decides the request)."""
 B = TypeVar("B", bound=BaseModel)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -65,31 +77,23 @@ class QueryBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: Id | None = None
     history: list[Id] | None = None
-    k: StrictInt | None = None
-    beam: StrictInt | list[StrictInt] | None = None
+    k: WholeInt | None = None
+    beam: WholeInt | list[WholeInt] | None = None
     exclude: list[Id] | None = None
     keep_seen: StrictBool | None = None
 
 
 class RetrieveBody(QueryBody):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"user": 0, "k": 10},
-                {"history": [0, 1, 2], "k": 5, "beam": 8},
-                {"queries": [{"user": 0}, {"user": 1, "exclude": [2]}], "k": 20},
-            ]
-        },
-    )
+    """The body the service parses (lenient: nulls mean absent); the schema clients see is
+    ``hirex.serve.schema.retrieve_schema``."""
+
     queries: list[QueryBody] | None = None
 
 
 class ItemBody(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"embedding": [0.1, -0.2, 0.3]}, {"text": "red shoes"}]},
-    )
+    """The body of PUT (schema: ``hirex.serve.schema.item_schema``)."""
+
+    model_config = ConfigDict(extra="forbid")
     embedding: list[StrictFloat | StrictInt] | list[list[StrictFloat | StrictInt]] | None = None
     text: StrictStr | None = None
 
@@ -318,7 +322,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        headers = dict(err.headers or {})  # e.g. a 405's Allow
+        headers = dict(err.headers or {})
+        if err.status_code == 405:  # every method of the path, not only the first route's
+            headers["Allow"] = ", ".join(_allowed(app, request.scope))
         if err.status_code == 401:
             headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse({"error": str(err.detail)}, err.status_code, headers=headers)
@@ -336,7 +342,7 @@ def create_app(
     @app.post(
         "/v1/retrieve",
         dependencies=retrieve_auth,
-        openapi_extra=_schema(RetrieveBody),
+        openapi_extra=request_body(retrieve_schema(service)),
         responses={**with_body, **read_locked},
     )
     async def retrieve(request: Request) -> dict[str, Any]:
@@ -362,7 +368,7 @@ def create_app(
     @app.put(
         "/v1/items/{item_id}",
         dependencies=[Depends(auth)],
-        openapi_extra=_schema(ItemBody),
+        openapi_extra=request_body(item_schema(service)),
         responses={**with_body, **locked},
     )
     async def put_item(item_id: ItemId, request: Request) -> dict[str, Any]:
@@ -399,6 +405,17 @@ def create_app(
         """Prometheus metrics, in its text format."""
         return PrometheusText(generate_latest(metrics.registry))
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = FastAPI.openapi(app)
+            for operations in doc["paths"].values():
+                for operation in operations.values():
+                    for param in operation.get("parameters", []):
+                        if param["name"] == "item_id":
+                            param["schema"] = item_id_path_schema(service)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(Observe, metrics=metrics)  # outermost: sees the 413s too
     return app
@@ -422,21 +439,14 @@ def _error_doc(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of an endpoint that parses its own JSON."""
-    schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:  # nested models written out in place: no dangling $ref
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return inline(defs[ref.rsplit("/", 1)[1]])
-            return {k: inline(v) for k, v in node.items()}
-        return [inline(v) for v in node] if isinstance(node, list) else node
-
-    content = {"application/json": {"schema": inline(schema)}}
-    return {"requestBody": {"required": True, "content": content}}
+def _allowed(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods of all the routes matching this request's path."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": ""})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _parse(request: Request, model: type[B]) -> B:
@@ -449,6 +459,11 @@ async def _parse(request: Request, model: type[B]) -> B:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ServiceError(400, f"request body is not valid JSON ({err})") from None
+    for fields in [data, *(data.get("queries") or [] if isinstance(data, dict) else [])]:
+        if isinstance(fields, dict):
+            for name in NOT_NULL:
+                if name in fields and fields[name] is None:
+                    raise ServiceError(422, f"{name!r} is null; leave it out or give a value")
     try:
         return model.model_validate(data)
     except ValidationError as err:

@@ -40,6 +40,7 @@ from hirex.models.user_batch import UserBatch
 from hirex.runs import INDEX_DIR, load_scoring_run
 from hirex.serve.journal import Journal, JournalError
 from hirex.serve.rwlock import ReadWriteLock
+from hirex.serve.schema import MAX_ABS, MAX_BEAM
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +355,8 @@ class RetrievalService:
                 beam = self.beam if q.beam is None else parse_beam(q.beam, len(self.index.sizes))
             except (ValueError, TypeError) as err:
                 raise ServiceError(422, str(err)) from None
+            if max(beam) > MAX_BEAM:
+                raise ServiceError(422, f"beam widths must be at most {MAX_BEAM}, got {q.beam}")
             if (q.user is None) == (q.history is None):
                 raise ServiceError(422, "give either a user id or a history of item ids")
             skipped: list = []
@@ -463,6 +466,12 @@ class RetrievalService:
             emb = emb.reshape(q, d)
             if not torch.isfinite(emb).all():
                 raise ServiceError(422, "embedding holds NaN or infinite values")
+            if emb.abs().max() > MAX_ABS:
+                raise ServiceError(
+                    422,
+                    f"embedding values must lie in [-{MAX_ABS:g}, {MAX_ABS:g}] (larger ones "
+                    f"overflow the scores), got {float(emb.abs().max()):g}",
+                )
         with self._writer:
             dense = self.items.lookup.get(key, len(self.items.raw))
             created = dense == len(self.items.raw) or not self.index.active[dense]
