@@ -431,3 +431,18 @@ def test_http(client, case_dir, method, path, body, headers, status, message):
 
 def test_the_catalogue_is_at_least_forty_cases():
     assert len(CLI) + len(FILES) + len(API_NAMES) + len(HTTP) >= 40
+
+
+def test_json_with_nan_is_not_written(tmp_path):
+    """Metrics over no user are NaN: written as JSON they would not parse, so they are refused
+    with the key named, and an earlier file at the path is kept."""
+    from hirex.atomic_files import atomic_write_json
+
+    path = tmp_path / "metrics.json"
+    atomic_write_json(path, {"ok": 1})
+    before = _snapshot(tmp_path)
+    bad = {"test": {"recall@20": float("nan")}, "rows": [1.0, float("inf")]}
+    with pytest.raises(ValueError, match=r"metrics.json: not written, test.recall@20, rows\[1\]"):
+        atomic_write_json(path, bad)
+    assert _snapshot(tmp_path) == before
+    assert json.loads(path.read_text()) == {"ok": 1}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -32,4 +33,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as JSON; NaN and infinity (not JSON) are a ValueError naming where they are,
+    and nothing is written."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+        where = ", ".join(_non_finite(obj)[:5]) or "a value"
+        raise ValueError(
+            f"{path}: not written, {where} is NaN or infinite (JSON has no such numbers)"
+        ) from None
+    atomic_write_text(path, text + "\n")
+
+
+def _non_finite(obj: Any, at: str = "") -> list[str]:
+    """The paths (a.b[2]) of the NaN or infinite floats inside ``obj``."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [at or "the value"]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _non_finite(v, f"{at}.{k}" if at else str(k))]
+    if isinstance(obj, list | tuple):
+        return [p for i, v in enumerate(obj) for p in _non_finite(v, f"{at}[{i}]")]
+    return []
