@@ -129,9 +129,9 @@ def run_benchmark(
     import logging
 
     from hirex.config import apply_overrides, load_config
-    from hirex.eval.protocols import evaluate, evaluate_ranker
-    from hirex.runs import dataset_from_config
-    from hirex.train.trainer import eval_ks, train_model
+    from hirex.eval.protocols import evaluate_ranker
+    from hirex.runs import dataset_from_config, train_run
+    from hirex.train.trainer import eval_ks
 
     p = argparse.ArgumentParser(description=doc)
     p.add_argument("--config", default=default_config, help=f"default: {default_config}")
@@ -169,9 +169,11 @@ def run_benchmark(
             }
             print(f"baseline {base_name}:", measured[base_name])
 
-    result = train_model(cfg, ds, args.out)
-    test = evaluate(result.model, ds, "test", ks)
-    print("test:", rounded(test.metrics), f"train {result.train_seconds:.0f}s")
+    # A complete run folder (config.toml, metrics.json): hirex eval / retrieve / index and the
+    # index benchmarks' --runs read it; rerunning the command resumes from its checkpoint.
+    result, report = train_run(cfg, ds, args.out, restart=False, progress=True)
+    test_metrics = report["test"]
+    print("test:", rounded(test_metrics), f"train {result.train_seconds:.0f}s")
 
     # A run grown from another (train.init_from) costs that run's training too.
     start = warm_start_source(cfg.train.init_from) if cfg.train.init_from else None
@@ -190,7 +192,7 @@ def run_benchmark(
             "dataset": ds.summary(),
             "protocol": protocol,
             "scorer": cfg.model.scorer,
-            **rounded(test.metrics),
+            **rounded(test_metrics),
             "valid": rounded(result.best_valid),
             "best_epoch": result.best_epoch + 1,
             "train_seconds": round(result.train_seconds, 1),
