@@ -40,6 +40,12 @@ def table(name: str, result: dict) -> str:
         f"`{config}`; valid {select} {result['valid'][select]:.4f}; trained "
         f"{result['train_seconds'] / 60:.1f} min, best epoch {result['best_epoch']}"
     )
+    start = result.get("init_from")
+    if start:  # grown from another run: its training counts too
+        note += (
+            f"; started from `{start['model']}` ({start['train_seconds'] / 60:.1f} min), "
+            f"{result['total_train_seconds'] / 60:.1f} min in all"
+        )
     lines.append(
         f"| **hirex** ({scorer}) | "
         + " | ".join(f"**{result[c]:.4f}**" for c in cols)
