@@ -71,7 +71,12 @@ def main() -> None:
     t0 = time.perf_counter()
     try:
         done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=args.time_limit, check=False
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=args.time_limit,
+            check=False,
+            cwd=work,  # its .schemathesis/ cache goes there, not into the repository
         )
         out, code, timed_out = done.stdout + done.stderr, done.returncode, False
     except subprocess.TimeoutExpired as err:
