@@ -250,7 +250,7 @@ def test_agree_bad_inputs_write_nothing(tmp_path, capsys):
     assert main(["label", "agree", "--gold", gold, "--pred", gold, "--output", str(tmp_path)]) == 2
     assert "is a folder; give a file path" in capsys.readouterr().err
     assert main(["label", "agree", "--gold", gold, "--pred", gold, "--boot", "0"]) == 2
-    assert "--boot must be >= 1" in capsys.readouterr().err
+    assert "--boot must lie in 1..100,000, got 0" in capsys.readouterr().err
     other = tmp_path / "other.txt"
     other.write_text("zz 0 d1 1\n")
     out = tmp_path / "a.json"
