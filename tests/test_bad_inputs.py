@@ -87,7 +87,11 @@ CLI: list[tuple[str, list[str], str]] = [
     ("eval max-users 0", ["eval", "--run", "{run}", "--max-users", "0"], r"--max-users"),
     ("eval ks huge", ["eval", "--run", "{run}", "--ks", "200000"], r"--ks"),
     ("eval split unknown", ["eval", "--run", "{run}", "--split", "train"], r"--split"),
-    ("eval output folder", ["eval", "--run", "{run}", "--output", "{w}"], r"folder"),
+    (
+        "eval output folder",
+        ["eval", "--run", "{run}", "--output", "{w}"],
+        r"/w is a folder; give a file name",
+    ),
     ("retrieve users empty", ["retrieve", "--run", "{run}", "--users", ""], r"--users"),
     ("retrieve unknown user", ["retrieve", "--run", "{run}", "--users", "99999"], r"99999"),
     (
@@ -98,7 +102,7 @@ CLI: list[tuple[str, list[str], str]] = [
     (
         "retrieve output dir",
         ["retrieve", "--run", "{run}", "--users", "1", "--output", "{w}"],
-        r"folder",
+        r"/w is a folder; give a file name",
     ),
     ("retrieve k negative", ["retrieve", "--run", "{run}", "--users", "1", "--k", "-1"], r"--k"),
     (
@@ -294,7 +298,12 @@ def _api_cases(w: Path) -> list[tuple[str, Callable[[], object], type[Exception]
             r"none.toml",
         ),
         ("not a run", lambda: load_run(w), FileNotFoundError, r"not a finished hirex run"),
-        ("not an index", lambda: load_index(w / "run"), ValueError, r"manifest|index"),
+        (
+            "not an index",
+            lambda: load_index(w / "run"),
+            ValueError,
+            r"run: no manifest.json; not a hirex index",
+        ),
         (
             "model missing",
             lambda: RetrievalModel.load(w / "x.safetensors"),
@@ -307,7 +316,7 @@ def _api_cases(w: Path) -> list[tuple[str, Callable[[], object], type[Exception]
             ValueError,
             r"train.init_from: .*items",
         ),
-        ("exhaustive k zero", lambda: _topk(model(), 0), ValueError, r"k"),
+        ("exhaustive k zero", lambda: _topk(model(), 0), ValueError, r"k must be positive, got 0"),
     ]
 
 
