@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hirex.serve.service import MAX_ABS, MAX_BEAM
+
 if TYPE_CHECKING:
     from hirex.serve.service import IdTable, RetrievalService
 
 MAX_ENUM = 1000
 """Ids listed in the schema at most."""
-MAX_BEAM = 4096
-"""The widest beam the schema describes."""
-MAX_ABS = 1e6
-"""Embedding values the service accepts lie in [-MAX_ABS, MAX_ABS]."""
 ITEM_ID_PATTERN = "^[0-9]{1,18}$"
 """Integer item ids in a URL: digits, small enough for int64."""
 
@@ -48,6 +46,7 @@ def item_id_path_schema(service: RetrievalService) -> dict[str, Any]:
 def retrieve_schema(service: RetrievalService) -> dict[str, Any]:
     """POST /v1/retrieve: one query (a user or a history) or a batch of them."""
     levels = len(service.index.sizes)
+    item = id_schema(service.items)
     width = {"type": "integer", "minimum": 1, "maximum": MAX_BEAM}
     options = {  # null: the service's default
         "k": _nullable({"type": "integer", "minimum": 1, "maximum": service.max_k}),
@@ -59,10 +58,9 @@ def retrieve_schema(service: RetrievalService) -> dict[str, Any]:
                 {"type": "null"},
             ]
         },
-        "exclude": _nullable({"type": "array", "items": id_schema(service.items)}),
+        "exclude": _nullable({"type": "array", "items": item}),
         "keep_seen": _nullable({"type": "boolean"}),
     }
-    item = id_schema(service.items)
     query = {
         "type": "object",
         "properties": {

@@ -40,9 +40,13 @@ from hirex.models.user_batch import UserBatch
 from hirex.runs import INDEX_DIR, load_scoring_run
 from hirex.serve.journal import Journal, JournalError
 from hirex.serve.rwlock import ReadWriteLock
-from hirex.serve.schema import MAX_ABS, MAX_BEAM
 
 log = logging.getLogger(__name__)
+
+MAX_BEAM = 4096
+"""The widest beam a query may ask for."""
+MAX_ABS = 1e6
+"""Embedding values lie in [-MAX_ABS, MAX_ABS]: larger ones overflow float32 scores."""
 
 STATE_DIR = "serving"
 BASE_FILE = "base.json"
