@@ -389,6 +389,13 @@ def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Pa
     return out
 
 
+def check_init_from(cfg: RunConfig, dataset: Dataset) -> None:
+    """A ``train.init_from`` model file that does not fit this config and data is a
+    ConfigError, raised before the run folder is touched."""
+    if cfg.train.init_from:
+        warm_start_state(cfg.train.init_from, build_model(cfg, dataset), cfg.train.seed)
+
+
 def train_run(
     cfg: RunConfig, dataset: Dataset, out: str | os.PathLike, *, restart: bool, progress: bool
 ) -> tuple[TrainResult | GeneratorResult, dict[str, Any]]:
@@ -397,8 +404,7 @@ def train_run(
         ids = generative_ids(cfg, dataset, out, restart)  # refused before anything is written
         out_dir = prepare_run_dir(cfg, out, restart)
         return generative_run(cfg, dataset, out_dir, ids, progress=progress)
-    if cfg.train.init_from:  # a model file that does not fit is refused before anything is written
-        warm_start_state(cfg.train.init_from, build_model(cfg, dataset), cfg.train.seed)
+    check_init_from(cfg, dataset)
     out_dir = prepare_run_dir(cfg, out, restart)
     result = train_model(cfg, dataset, out_dir, progress=progress)
     return result, finish_run(cfg, dataset, result, out_dir)

@@ -165,6 +165,7 @@ def test_kill_then_resume(tmp_path, uninterrupted, first, resume):
         (["--nnodes", "2"], "need --distributed"),
         (["--distributed", "--nproc-per-node", "0"], "must be at least 1"),
         (["--distributed", "--rdzv-endpoint", "nohost"], "HOST:PORT"),
+        (["--set", "train.init_from='no.safetensors'", *TWO_HOSTS], "train.init_from: no.safe"),
     ],
 )
 def test_refused_before_anything_starts(tmp_path, extra, message, capsys):

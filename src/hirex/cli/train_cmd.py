@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hirex.cli.common import add_config_options, config_from_args, print_metrics
 from hirex.config import RunConfig
-from hirex.runs import dataset_from_config, prepare_run_dir, train_run
+from hirex.runs import check_init_from, dataset_from_config, prepare_run_dir, train_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +76,9 @@ def _run_distributed(args: argparse.Namespace, cfg: RunConfig, out: str) -> int:
     launch_cfg = LaunchConfig(args.nnodes, args.nproc_per_node, args.rdzv_endpoint)
     check_distributed_config(cfg)
     # The data is loaded (downloaded, generated) once here, so the ranks only read it.
-    print(dataset_from_config(cfg.data).summary())
+    dataset = dataset_from_config(cfg.data)
+    print(dataset.summary())
+    check_init_from(cfg, dataset)
     out_dir = prepare_run_dir(cfg, out, args.restart)
     print(
         f"training on {launch_cfg.world_size} processes "
