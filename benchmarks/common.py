@@ -91,13 +91,14 @@ def rounded(metrics: dict[str, float], digits: int = 4) -> dict[str, float]:
 def warm_start_source(model_path: str) -> dict[str, Any]:
     """What a run started from (``train.init_from``): the model file's sha256 and, from the
     metrics.json beside it, that run's training seconds and metrics."""
-    import hashlib
     import json
+
+    from hirex.manifest import sha256_file
 
     path = Path(model_path)
     info: dict[str, Any] = {
         "model": str(path),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": sha256_file(path),
         "train_seconds": 0.0,
     }
     metrics = path.parent / "metrics.json"

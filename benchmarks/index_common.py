@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -163,6 +162,28 @@ def beam_rows(
         print(rows[-1], flush=True)
 
 
+def exhaustive_row(label: str, ev) -> dict[str, Any]:  # noqa: ANN001
+    """The row of exhaustive scoring (every item scored) with the model named ``label``."""
+    row = {
+        "method": f"exhaustive ({label})",
+        "beam": None,
+        "items_scored_fraction": 1.0,
+        **rounded(ev.metrics),
+        "seconds": round(ev.seconds, 1),
+    }
+    print(row, flush=True)
+    return row
+
+
+def write_rows(name: str, complete: bool, **payload: Any) -> None:
+    """results/<name>.json with the rows so far (after every method or model, so an
+    interrupted run keeps what it measured)."""
+    atomic_write_json(
+        RESULTS / f"{name}.json",
+        {**payload, "complete": complete, "command": command_line(), "machine": machine()},
+    )
+
+
 def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[str]) -> None:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default=default_config, help=f"default: {default_config}")
@@ -192,8 +213,8 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
         help="comma-separated finished run folders (hirex train --out): measure post-hoc\n"
         "indexes over their models instead of training one model per method",
     )
-    p.add_argument("--levels", default="64,32", help="with --runs: the post-hoc index levels")
-    p.add_argument("--max-users", type=int, default=0, help="test users measured (0: all)")
+    p.add_argument("--levels", default="", help="with --runs: the post-hoc index levels (64,32)")
+    p.add_argument("--max-users", type=int, default=0, help="with --runs: test users (0: all)")
     p.add_argument("--result-name", default=name, help=f"results/<NAME>.json (default: {name})")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -201,6 +222,9 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
     if args.runs:
         measure_runs(args, beams_list)
         return
+    if args.levels or args.max_users:
+        p.error("--levels and --max-users go with --runs (a trained config sets its own levels)")
+    name = args.result_name
     base = apply_overrides(
         load_config(args.config), [f'data.data_dir="{args.data_dir}"', *args.overrides]
     )
@@ -212,17 +236,9 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
     runs: dict[str, Any] = {}
 
     def write(complete: bool) -> None:
-        """Results so far (after every method, so an interrupted run keeps what it measured)."""
-        payload = {
-            "dataset": ds.summary(),
-            "complete": complete,
-            "rows": rows,
-            "runs": runs,
-            "command": command_line(),
-            "config": config_to_dict(base),
-            "machine": machine(),
-        }
-        atomic_write_json(RESULTS / f"{name}.json", payload)
+        write_rows(
+            name, complete, dataset=ds.summary(), rows=rows, runs=runs, config=config_to_dict(base)
+        )
 
     for method in args.methods.split(","):
         cfg: RunConfig = dataclasses.replace(
@@ -239,16 +255,7 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
             "wall_seconds": round(time.perf_counter() - t0, 1),
         }
         ex = evaluate(model, ds, "test", ks)
-        rows.append(
-            {
-                "method": f"exhaustive ({method} model)",
-                "beam": None,
-                "items_scored_fraction": 1.0,
-                **rounded(ex.metrics),
-                "seconds": round(ex.seconds, 1),
-            }
-        )
-        print(rows[-1], flush=True)
+        rows.append(exhaustive_row(f"{method} model", ex))
         for j, node_embedding in enumerate(args.node_embeddings.split(",")):
             searched = index.with_node_embedding(node_embedding)
             label = method if j == 0 else f"{method} ({node_embedding})"
@@ -269,15 +276,7 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
         out = Path(args.out) / "dot"
         result, report = train_run(dot_cfg, ds, out, restart=False, progress=False)
         ex = evaluate(result.model, ds, "test", ks)
-        rows.append(
-            {
-                "method": "exhaustive (dot model)",
-                "beam": None,
-                "items_scored_fraction": 1.0,
-                **rounded(ex.metrics),
-                "seconds": round(ex.seconds, 1),
-            }
-        )
+        rows.append(exhaustive_row("dot model", ex))
         rows += faiss_rows(
             result.model,
             ds,
@@ -298,7 +297,7 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
 
     rows: list[dict[str, Any]] = []
     runs: dict[str, Any] = {}
-    levels = tuple(int(x) for x in args.levels.split(","))
+    levels = tuple(int(x) for x in (args.levels or "64,32").split(","))
     max_users = args.max_users or None
     name = args.result_name
     for folder in args.runs.split(","):
@@ -307,18 +306,8 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
         ks = eval_ks(cfg, ds)
         metric = f"recall@{max(ks)}"
         label = Path(folder).name
-        t0 = time.perf_counter()
         ex = evaluate(run.model, ds, "test", ks, max_users=max_users)
-        rows.append(
-            {
-                "method": f"exhaustive ({label})",
-                "beam": None,
-                "items_scored_fraction": 1.0,
-                **rounded(ex.metrics),
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-        )
-        print(rows[-1], flush=True)
+        rows.append(exhaustive_row(label, ex))
         runs[label] = {"folder": folder, "scorer": cfg.model.scorer, "index_build_seconds": {}}
         for kmeans in ("residual", "hierarchical"):
             index_cfg = IndexConfig(method="posthoc", levels=levels, kmeans=kmeans)
@@ -327,20 +316,16 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
             runs[label]["index_build_seconds"][kmeans] = round(time.perf_counter() - t0, 1)
             method = f"posthoc {kmeans} k-means ({label})"
             beam_rows(run.model, index, ds, ks, beams, method, metric, ex, rows, max_users)
-            atomic_write_json(
-                RESULTS / f"{name}.json",
-                {
-                    "dataset": ds.summary(),
-                    "users_measured": max_users or "all",
-                    "complete": False,
-                    "rows": rows,
-                    "runs": runs,
-                    "command": command_line(),
-                    "machine": machine(),
-                },
+            write_rows(
+                name,
+                False,
+                dataset=ds.summary(),
+                users_measured=max_users or "all",
+                rows=rows,
+                runs=runs,
             )
-    payload = json.loads((RESULTS / f"{name}.json").read_text())
-    payload["complete"] = True
-    atomic_write_json(RESULTS / f"{name}.json", payload)
+    write_rows(
+        name, True, dataset=ds.summary(), users_measured=max_users or "all", rows=rows, runs=runs
+    )
     plot(rows, metric, RESULTS / f"{name}.png", f"{name}: {metric} against items scored")
     print(f"wrote benchmarks/results/{name}.json and .png")
