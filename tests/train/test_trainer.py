@@ -263,31 +263,15 @@ def test_fine_tuning_can_resume_the_training_optimizer(tiny_set_data, tmp_path):
     _, opt_state, _ = read_checkpoint(tmp_path / CHECKPOINT)
     tuned = apply_overrides(cfg, ["train.lr=0.001"])
     init = {k: v.clone() for k, v in result.model.state_dict().items()}
-    loop = _Loop(
-        tuned,
-        ds,
-        ds.train,
-        None,
-        "unused",
-        torch.device("cpu"),
-        False,
-        init=init,
-        optimizer_state=opt_state,
-    )
+
+    def loop_of(cfg, **extra):  # noqa: ANN001, ANN202
+        return _Loop(cfg, ds, ds.train, None, "unused", torch.device("cpu"), False, **extra)
+
+    loop = loop_of(tuned, init=init, optimizer_state=opt_state)
     steps = {float(s["step"]) for s in loop.optimizer.state.values()}
     assert steps == {float(opt_state["state"][0]["step"])} and min(steps) > 0  # continued
     assert loop.optimizer.param_groups[0]["lr"] == 0.001  # this config's rate, not the saved
     moment = loop.optimizer.state[next(loop.model.parameters())]["exp_avg_sq"]
     assert torch.equal(moment, opt_state["state"][0]["exp_avg_sq"])
     with pytest.raises(ValueError, match="does not fit this model"):
-        bigger = apply_overrides(tuned, ["model.dim=16"])
-        _Loop(
-            bigger,
-            ds,
-            ds.train,
-            None,
-            "unused",
-            torch.device("cpu"),
-            False,
-            optimizer_state=opt_state,
-        )
+        loop_of(apply_overrides(tuned, ["model.dim=16"]), optimizer_state=opt_state)
