@@ -215,11 +215,21 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
     )
     p.add_argument("--levels", default="", help="with --runs: the post-hoc index levels (64,32)")
     p.add_argument("--max-users", type=int, default=0, help="with --runs: test users (0: all)")
+    p.add_argument(
+        "--partitions",
+        default="residual,hierarchical,hierarchical-learned",
+        help="with --runs: the post-hoc indexes (hierarchical-learned: hierarchical k-means on "
+        "the learned dimensions, index.kmeans_on = 'learned'; only for runs with a spectral "
+        "branch)",
+    )
     p.add_argument("--result-name", default=name, help=f"results/<NAME>.json (default: {name})")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     beams_list = [b.strip() for b in args.beams.split(";") if b.strip()]
     if args.runs:
+        known = {"residual", "hierarchical", "hierarchical-learned"}
+        if not set(args.partitions.split(",")) <= known:
+            p.error(f"--partitions takes a comma list of {sorted(known)}")
         measure_runs(args, beams_list)
         return
     if args.levels or args.max_users:
@@ -309,12 +319,19 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
         ex = evaluate(run.model, ds, "test", ks, max_users=max_users)
         rows.append(exhaustive_row(label, ex))
         runs[label] = {"folder": folder, "scorer": cfg.model.scorer, "index_build_seconds": {}}
-        for kmeans in ("residual", "hierarchical"):
-            index_cfg = IndexConfig(method="posthoc", levels=levels, kmeans=kmeans)
+        branch = run.model.embedding_dim > cfg.model.dim
+        for partition in args.partitions.split(","):
+            kmeans, _, on = partition.partition("-")
+            if on and not branch:
+                continue  # without a branch the learned dimensions are all of them
+            index_cfg = IndexConfig(
+                method="posthoc", levels=levels, kmeans=kmeans, kmeans_on=on or "all"
+            )
             t0 = time.perf_counter()
             index = build_index(run.model, index_cfg, seed=cfg.train.seed)
-            runs[label]["index_build_seconds"][kmeans] = round(time.perf_counter() - t0, 1)
-            method = f"posthoc {kmeans} k-means ({label})"
+            runs[label]["index_build_seconds"][partition] = round(time.perf_counter() - t0, 1)
+            what = f"{kmeans} k-means" + (" on the learned dimensions" if on else "")
+            method = f"posthoc {what} ({label})"
             beam_rows(run.model, index, ds, ks, beams, method, metric, ex, rows, max_users)
             write_rows(
                 name,

@@ -196,6 +196,12 @@ class IndexConfig:
     """posthoc: residual k-means (one codebook per level, shared by all parents) or hierarchical
     k-means (every node's items split by their own k-means; new items descend to the nearest
     child centroid).  joint and em learn residual codebooks."""
+    kmeans_on: Literal["all", "learned"] = "all"
+    """posthoc: the dimensions k-means partitions the items on.  "learned" leaves out a spectral
+    branch's dimensions (its item norms grow with the square root of the item's degree, which
+    k-means over all dimensions turns into clusters that centroid scores route badly); nodes are
+    still scored at the centroids of the full embeddings, and items added later descend to the
+    nearest full-embedding centroid.  The same as "all" for a model without a branch."""
     node_embedding: Literal["codewords", "centroids"] = "centroids"
     """The pseudo-item search scores for a node: the mean of its items (centroids) or the sum of
     its path's codewords (codewords, what the joint losses train the per-level scorers on)."""
@@ -460,6 +466,11 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError("index.beam must be one width, or one per level, each >= 1")
     if ic.start_epoch < 0 or ic.warmup_steps < 0 or ic.kmeans_iters < 1:
         raise ConfigError("index.start_epoch, index.warmup_steps must be >= 0, kmeans_iters >= 1")
+    if ic.kmeans_on == "learned" and (ic.method != "posthoc" or ic.kmeans != "hierarchical"):
+        raise ConfigError(
+            "index.kmeans_on = 'learned' is for index.method = 'posthoc' with "
+            "index.kmeans = 'hierarchical'"
+        )
     if not 0 < ic.alpha_min <= ic.alpha_max or ic.alpha_power <= 0:
         raise ConfigError("index: need 0 < alpha_min <= alpha_max and alpha_power > 0")
     if min(ic.level_weight, ic.recon_weight, ic.balance_weight, ic.align_weight) < 0:

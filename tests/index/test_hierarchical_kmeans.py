@@ -131,3 +131,52 @@ def test_bad_combinations_are_clear_errors(tiny_set_data):
     with pytest.raises(ValueError, match="no non-empty node"):
         index.add_items(items[:1])
     assert torch.equal(index.item_emb, before) and index.n_items == len(items)  # nothing changed
+
+
+@pytest.mark.parametrize("scorer", ["dot", "mol"])
+def test_kmeans_on_learned_partitions_without_the_spectral_branch(tiny_set_data, scorer):
+    from hirex.models.spectral import attach_spectral_branch
+
+    ds, _ = tiny_set_data
+    torch.manual_seed(0)
+    mcfg = ModelConfig(
+        dim=16, use_user_id=False, scorer=scorer, spectral_rank=12, spectral_weight=2.0
+    )
+    model = RetrievalModel(mcfg, ds.n_users, ds.n_items).eval()
+    attach_spectral_branch(model, ds.train)
+    cfg = dataclasses.replace(
+        IndexConfig(), method="posthoc", kmeans="hierarchical", levels=(6, 4), kmeans_on="learned"
+    )
+    index = build_index(model, cfg, seed=0)
+    items = index.item_emb
+    assert items.shape[-1] == 16 + 12
+    # The paths are hierarchical k-means of the learned dimensions alone ...
+    _, want_codes = fit_hierarchical_kmeans(items[..., :16], (6, 4), seed=0)
+    assert torch.equal(index.codes, want_codes)
+    everything = build_index(model, dataclasses.replace(cfg, kmeans_on="all"), seed=0)
+    assert not torch.equal(everything.codes, want_codes)
+    # ... while the nodes sit at the centroids of the full embeddings, branch included.
+    top = index.item_keys(0)
+    for node, key in enumerate(index.levels[0].keys):
+        assert torch.allclose(index.levels[0].emb[node], items[top == key].mean(0), atol=1e-5)
+    users = np.arange(ds.n_users)
+    hist = ds.history("test")
+    got = beam_search(model, index, users, hist, 20, 10**6, exclude=hist)
+    want = exhaustive_topk(model, users, hist, 20, exclude=hist, items=items)
+    assert torch.equal(got.topk.ids, want.ids)
+    # New items descend to the nearest full-embedding centroids (not the learned-only partition:
+    # a known limit, documented on IndexConfig.kmeans_on) and the index stays consistent.
+    index.add_items(items[:3] * 1.001)
+    index.check()
+
+
+def test_kmeans_on_learned_needs_hierarchical_posthoc(tiny_set_data):
+    from hirex.config import ConfigError, RunConfig, apply_overrides
+
+    ds, _ = tiny_set_data
+    model = RetrievalModel(ModelConfig(dim=8, scorer="dot"), ds.n_users, ds.n_items).eval()
+    cfg = dataclasses.replace(IndexConfig(), method="posthoc", kmeans_on="learned")
+    with pytest.raises(ValueError, match="set index.kmeans = 'hierarchical'"):
+        build_index(model, cfg)
+    with pytest.raises(ConfigError, match="kmeans_on = 'learned' is for index.method"):
+        apply_overrides(RunConfig(), ["index.kmeans_on='learned'"])

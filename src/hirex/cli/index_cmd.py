@@ -52,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: the run's index.kmeans)",
     )
     b.add_argument(
+        "--kmeans-on",
+        choices=["all", "learned"],
+        help="hierarchical k-means: partition on all dimensions, or on the learned ones only, "
+        "leaving out a spectral branch (default: the run's index.kmeans_on)",
+    )
+    b.add_argument(
         "--node-embedding",
         choices=["centroids", "codewords"],
         help="what a node is scored at: the mean of its items or its codeword sum (default: "
@@ -92,6 +98,7 @@ def run_build(args: argparse.Namespace) -> int:
         cfg,
         method=method,
         kmeans=args.kmeans or cfg.kmeans,
+        kmeans_on=args.kmeans_on or cfg.kmeans_on,
         node_embedding=args.node_embedding or cfg.node_embedding,
     )
     codebooks = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+import torch
+
 from hirex.config import IndexConfig
 from hirex.index.codebooks import ResidualCodebooks
 from hirex.index.exhaustive import item_embeddings
@@ -34,6 +36,11 @@ def build_index(
             f"index.kmeans = 'hierarchical' is a posthoc index; index.method = {cfg.method!r} "
             "learns residual codebooks (set index.kmeans = 'residual')"
         )
+    if cfg.kmeans_on == "learned" and cfg.kmeans != "hierarchical":
+        raise ValueError(
+            "index.kmeans_on = 'learned' partitions by hierarchical k-means: set "
+            "index.kmeans = 'hierarchical'"
+        )
     if cfg.kmeans == "hierarchical" and cfg.node_embedding != "centroids":
         raise ValueError(
             "index.kmeans = 'hierarchical' scores nodes at their centroids: set "
@@ -47,9 +54,12 @@ def build_index(
                 "it (hirex train) or build a posthoc index"
             )
         if cfg.kmeans == "hierarchical":
+            fit_on = items[..., : model.cfg.dim] if cfg.kmeans_on == "learned" else items
             codebooks, codes = fit_hierarchical_kmeans(
-                items, cfg.levels, seed=seed, niter=cfg.kmeans_iters
+                fit_on, cfg.levels, seed=seed, niter=cfg.kmeans_iters
             )
+            if fit_on.shape != items.shape:
+                codebooks = _full_width(codebooks, items, codes)
             assign = "centroids"
         else:
             codebooks = ResidualCodebooks(cfg.levels, items.shape[1], items.shape[2])
@@ -66,3 +76,19 @@ def build_index(
         time.perf_counter() - t0,
     )
     return index
+
+
+def _full_width(
+    codebooks: ResidualCodebooks, items: torch.Tensor, codes: torch.Tensor
+) -> ResidualCodebooks:
+    """Codebooks fitted on a slice of the item dimensions -> the same paths over items (N, Q, D):
+    level 1's codewords become the full-embedding centroids of its nodes (what an empty node and
+    the shapes use; the deeper codewords of hierarchical k-means stay zero)."""
+    n, q, dim = items.shape
+    full = ResidualCodebooks(codebooks.sizes, q, dim)
+    flat = items.reshape(n, -1).float()
+    top = codes[:, 0].to(flat.device)
+    sums = torch.zeros(codebooks.sizes[0], q * dim, device=flat.device).index_add_(0, top, flat)
+    counts = torch.bincount(top, minlength=codebooks.sizes[0]).clamp(min=1)[:, None]
+    full.codewords[0].data.copy_(sums / counts)
+    return full
