@@ -200,8 +200,9 @@ class IndexConfig:
     """posthoc: the dimensions k-means partitions the items on.  "learned" leaves out a spectral
     branch's dimensions (its item norms grow with the square root of the item's degree, which
     k-means over all dimensions turns into clusters that centroid scores route badly); nodes are
-    still scored at the centroids of the full embeddings, and items added later descend to the
-    nearest full-embedding centroid.  The same as "all" for a model without a branch."""
+    still scored at the centroids of the full embeddings; items added later descend by the
+    learned dimensions too (``HierarchicalIndex.assign_dims``).  The same as "all" for a model
+    without a branch."""
     node_embedding: Literal["codewords", "centroids"] = "centroids"
     """The pseudo-item search scores for a node: the mean of its items (centroids) or the sum of
     its path's codewords (codewords, what the joint losses train the per-level scorers on)."""

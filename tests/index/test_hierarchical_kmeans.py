@@ -134,7 +134,7 @@ def test_bad_combinations_are_clear_errors(tiny_set_data):
 
 
 @pytest.mark.parametrize("scorer", ["dot", "mol"])
-def test_kmeans_on_learned_partitions_without_the_spectral_branch(tiny_set_data, scorer):
+def test_kmeans_on_learned_partitions_without_the_spectral_branch(tiny_set_data, scorer, tmp_path):
     from hirex.models.spectral import attach_spectral_branch
 
     ds, _ = tiny_set_data
@@ -164,10 +164,20 @@ def test_kmeans_on_learned_partitions_without_the_spectral_branch(tiny_set_data,
     got = beam_search(model, index, users, hist, 20, 10**6, exclude=hist)
     want = exhaustive_topk(model, users, hist, 20, exclude=hist, items=items)
     assert torch.equal(got.topk.ids, want.ids)
-    # New items descend to the nearest full-embedding centroids (not the learned-only partition:
-    # a known limit, documented on IndexConfig.kmeans_on) and the index stays consistent.
-    index.add_items(items[:3] * 1.001)
+    # New items descend by the learned dimensions too, to where their sources are, and the
+    # rule travels with the index file.
+    assert index.assign_dims == 16
+    # Over all dimensions the same items can land elsewhere: the rule matters.
+    full = HierarchicalIndex(index.codebooks, items, index.codes, assign="centroids")
+    assert not torch.equal(full.paths_for(items), index.paths_for(items))
+    new = index.add_items(items[:30] * 1.001)
+    assert np.array_equal(index.item_keys(1, new), index.item_keys(1, np.arange(30)))
     index.check()
+    save_index(tmp_path / "ix", index, model)
+    _, loaded = load_index(tmp_path / "ix")
+    assert loaded.assign_dims == 16
+    probe = items[40:60] + 0.01
+    assert torch.equal(loaded.paths_for(probe), index.paths_for(probe))
 
 
 def test_kmeans_on_learned_needs_hierarchical_posthoc(tiny_set_data):
@@ -180,3 +190,9 @@ def test_kmeans_on_learned_needs_hierarchical_posthoc(tiny_set_data):
         build_index(model, cfg)
     with pytest.raises(ConfigError, match="kmeans_on = 'learned' is for index.method"):
         apply_overrides(RunConfig(), ["index.kmeans_on='learned'"])
+    items, _ = nested_items()
+    cb, codes = fit_hierarchical_kmeans(items, [4, 3])
+    with pytest.raises(ValueError, match="assign_dims=9 needs assign='centroids' and 1 to 8"):
+        HierarchicalIndex(cb, items, codes, assign="centroids", assign_dims=9)
+    with pytest.raises(ValueError, match="assign_dims=4 needs assign='centroids'"):
+        HierarchicalIndex(cb, items, codes, assign_dims=4)

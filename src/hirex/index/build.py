@@ -46,7 +46,7 @@ def build_index(
             "index.kmeans = 'hierarchical' scores nodes at their centroids: set "
             "index.node_embedding = 'centroids'"
         )
-    codes, assign = None, "codebooks"
+    codes, assign, assign_dims = None, "codebooks", None
     if codebooks is None:
         if cfg.method in ("joint", "em"):
             raise ValueError(
@@ -60,13 +60,19 @@ def build_index(
             )
             if fit_on.shape != items.shape:
                 codebooks = _full_width(codebooks, items, codes)
+                assign_dims = model.cfg.dim
             assign = "centroids"
         else:
             codebooks = ResidualCodebooks(cfg.levels, items.shape[1], items.shape[2])
             codebooks.fit_kmeans(items, seed=seed, niter=cfg.kmeans_iters)
     codebooks = codebooks.to(items.device)
     index = HierarchicalIndex(
-        codebooks, items, codes, node_embedding=cfg.node_embedding, assign=assign
+        codebooks,
+        items,
+        codes,
+        node_embedding=cfg.node_embedding,
+        assign=assign,
+        assign_dims=assign_dims,
     )
     log.info(
         "index over %d items, levels %s (%s k-means), built in %.1fs",

@@ -70,6 +70,7 @@ def save_index(
         "n_active": index.n_active,
         "node_embedding": index.node_embedding,
         "assign": index.assign,
+        "assign_dims": index.assign_dims,
         "tensors": {
             k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
             for k, v in tensors.items()
@@ -119,6 +120,14 @@ def load_index(
                 f"{path / MANIFEST}: assign {assign!r} is not one of "
                 f"{HierarchicalIndex.ASSIGNS}; rebuild the index"
             )
+        assign_dims = manifest.get("assign_dims")  # absent before index.kmeans_on existed
+        if assign_dims is not None and (
+            type(assign_dims) is not int or not 0 < assign_dims <= dim or assign != "centroids"
+        ):
+            raise ValueError(
+                f"{path / MANIFEST}: assign_dims {assign_dims!r} must be 1 to {dim} with "
+                "assign 'centroids'; rebuild the index"
+            )
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path / MANIFEST}: missing or malformed entry {err}") from err
     model = RetrievalModel.load(path / MODEL_FILE, device=device)
@@ -150,6 +159,7 @@ def load_index(
         extra_nodes=[tensors[f"node_keys.{lv}"].numpy() for lv in range(len(sizes))],
         node_embedding=node_embedding,
         assign=assign,
+        assign_dims=assign_dims,
     )
     index.check()  # ValueError naming the inconsistency
     return model, index

@@ -54,6 +54,9 @@ class HierarchicalIndex:
     level, ``ResidualCodebooks.encode``) or "centroids" (down to the nearest non-empty child
     centroid level by level; for paths from ``fit_hierarchical_kmeans``, whose deeper codewords
     mean nothing; needs node_embedding "centroids" and the items' codes).
+    assign_dims: with assign "centroids", descend by the first ``assign_dims`` of each of the Q
+    embeddings only (the learned part of a model with a spectral branch, for paths that k-means
+    found on those dimensions, ``index.kmeans_on = "learned"``); None: all of them.
     """
 
     NODE_EMBEDDINGS = ("codewords", "centroids")
@@ -68,6 +71,7 @@ class HierarchicalIndex:
         extra_nodes: list[np.ndarray] | None = None,
         node_embedding: str = "centroids",
         assign: str = "codebooks",
+        assign_dims: int | None = None,
     ) -> None:
         if node_embedding not in self.NODE_EMBEDDINGS:
             raise ValueError(
@@ -80,8 +84,16 @@ class HierarchicalIndex:
                 "assign='centroids' descends node centroids: it needs node_embedding='centroids' "
                 "and the items' codes (e.g. from fit_hierarchical_kmeans)"
             )
+        if assign_dims is not None and (
+            assign != "centroids" or not 0 < assign_dims <= item_emb.shape[-1]
+        ):
+            raise ValueError(
+                f"assign_dims={assign_dims} needs assign='centroids' and 1 to "
+                f"{item_emb.shape[-1]} dimensions"
+            )
         self.node_embedding = node_embedding
         self.assign = assign
+        self.assign_dims = assign_dims
         self.codebooks = codebooks.eval().requires_grad_(False)
         self.item_emb = item_emb.detach()
         if codes is None:
@@ -207,6 +219,7 @@ class HierarchicalIndex:
             self.node_keys,
             node_embedding=node_embedding,
             assign=self.assign,
+            assign_dims=self.assign_dims,
         )
 
     @torch.no_grad()
@@ -216,13 +229,15 @@ class HierarchicalIndex:
         if self.assign == "codebooks":
             return self.codebooks.encode(emb).cpu()
         levels = self.levels
-        flat = emb.reshape(emb.shape[0], -1).to(self.item_emb.device, self.item_emb.dtype)
+        dims = self.assign_dims or emb.shape[-1]
+        flat = emb[..., :dims].reshape(emb.shape[0], -1)
+        flat = flat.to(self.item_emb.device, self.item_emb.dtype)
         codes = np.zeros((emb.shape[0], len(levels)), np.int64)
         for c0 in range(0, emb.shape[0], chunk):
             x = flat[c0 : c0 + chunk]
             node = None
             for level, lv in enumerate(levels):
-                nodes_emb = lv.emb.reshape(len(lv.keys), -1)
+                nodes_emb = lv.emb[..., :dims].reshape(len(lv.keys), -1)
                 if level == 0:  # every top node: one product, no gather
                     cand = np.broadcast_to(np.arange(len(lv.keys)), (len(x), len(lv.keys)))
                 else:

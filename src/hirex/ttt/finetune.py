@@ -76,6 +76,7 @@ def refresh_index(index: HierarchicalIndex, model: RetrievalModel) -> Hierarchic
         extra_nodes=index.node_keys,
         node_embedding=index.node_embedding,
         assign=index.assign,
+        assign_dims=index.assign_dims,
     )
 
 
