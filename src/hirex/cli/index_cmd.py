@@ -117,7 +117,13 @@ def run_build(args: argparse.Namespace) -> int:
     _print_stats(index)
     if args.beam:
         ev = evaluate_index(
-            r.model, index, r.dataset, "test", eval_ks(r.config, r.dataset), args.beam
+            r.model,
+            index,
+            r.dataset,
+            "test",
+            eval_ks(r.config, r.dataset),
+            args.beam,
+            progress=True,
         )
         print_metrics(f"test through the index, beam {args.beam}", ev.metrics)
         print(f"items scored per user: {ev.cost['items_scored_fraction']:.2%} of the catalogue")

@@ -118,6 +118,7 @@ def evaluate_index(
     *,
     user_batch: int = 256,
     max_users: int | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """Full-ranking metrics of beam search through ``index`` (history items masked), with the
     search cost: the mean share of the active items the full model scored per user."""
@@ -126,7 +127,15 @@ def evaluate_index(
 
     def ranker(users: np.ndarray, history: Interactions, k: int) -> np.ndarray:
         res = beam_search(
-            model, index, users, history, k, beam, exclude=history, user_batch=user_batch
+            model,
+            index,
+            users,
+            history,
+            k,
+            beam,
+            exclude=history,
+            user_batch=user_batch,
+            progress=progress,
         )
         items_scored.append(res.items_scored)
         nodes_scored.append(res.nodes_scored)

@@ -14,6 +14,7 @@ from typing import Literal
 import faiss
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from hirex.data.interactions import Interactions
 from hirex.index.exhaustive import exclusion_pairs
@@ -64,6 +65,7 @@ def beam_search(
     user_batch: int = 256,
     item_chunk: int = 65536,
     scan: Literal["auto", "torch", "faiss"] = "auto",
+    progress: bool = False,
 ) -> SearchResult:
     """Top ``k`` items per user through the index.
 
@@ -76,6 +78,7 @@ def beam_search(
     them with the model; "faiss" (dot-product models on CPU) scans faiss inverted lists laid
     over the index (``DotLists``) and gives the same result; "auto" takes faiss where it applies.
     Either way the returned scores are the model's own.
+    progress: a progress bar over the user batches (on a terminal).
     """
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
@@ -96,7 +99,15 @@ def beam_search(
         )
     scores_out, ids_out, nodes_out, items_out = [], [], [], []
     start = 0
-    for batch, rows_users in user_blocks(users, history, user_batch, max_len):
+    blocks = tqdm(
+        user_blocks(users, history, user_batch, max_len),
+        total=-(-len(users) // user_batch),
+        desc="searching",
+        unit="batch",
+        disable=None if progress else True,
+        leave=False,
+    )
+    for batch, rows_users in blocks:
         stop = start + len(batch)
         u = model.encode_users(batch.to(device))
         rows, cols = exclusion_pairs(
