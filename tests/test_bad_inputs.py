@@ -116,6 +116,22 @@ CLI: list[tuple[str, list[str], str]] = [
         r"--method",
     ),
     (
+        "index kmeans-on learned with residual k-means",
+        [
+            "index",
+            "build",
+            "--run",
+            "{run}",
+            "--kmeans",
+            "residual",
+            "--kmeans-on",
+            "learned",
+            "--out",
+            "{w}/i",
+        ],
+        r"kmeans_on = 'learned' partitions by hierarchical k-means: set index.kmeans",
+    ),
+    (
         "index out not an index",
         ["index", "build", "--run", "{run}", "--out", "{w}"],
         r"not a hirex index",
