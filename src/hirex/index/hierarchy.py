@@ -232,12 +232,14 @@ class HierarchicalIndex:
         dims = self.assign_dims or emb.shape[-1]
         flat = emb[..., :dims].reshape(emb.shape[0], -1)
         flat = flat.to(self.item_emb.device, self.item_emb.dtype)
+        # Each level's node embeddings over the descent's dimensions, once for every chunk.
+        node_embs = [lv.emb[..., :dims].reshape(len(lv.keys), -1) for lv in levels]
         codes = np.zeros((emb.shape[0], len(levels)), np.int64)
         for c0 in range(0, emb.shape[0], chunk):
             x = flat[c0 : c0 + chunk]
             node = None
             for level, lv in enumerate(levels):
-                nodes_emb = lv.emb[..., :dims].reshape(len(lv.keys), -1)
+                nodes_emb = node_embs[level]
                 if level == 0:  # every top node: one product, no gather
                     cand = np.broadcast_to(np.arange(len(lv.keys)), (len(x), len(lv.keys)))
                 else:
