@@ -257,6 +257,13 @@ FILES: list[tuple[str, str, Callable[[Path], None], list[str], str]] = [
         r"manifest.json",
     ),
     (
+        "index manifest assign_dims junk",
+        "index/manifest.json",
+        lambda p: p.write_text(p.read_text().replace('"assign_dims": null', '"assign_dims": "x"')),
+        ["eval", "--index"],
+        r"manifest.json: assign_dims 'x' must be 1 to \d+ with assign 'centroids'",
+    ),
+    (
         "index model swapped",
         "index/model.safetensors",
         _flip,
