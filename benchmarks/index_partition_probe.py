@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from hirex.index.exhaustive import item_embeddings
+from hirex.index.hierarchical_kmeans import _kmeans, _nearest
 from hirex.models.user_batch import user_blocks
 from hirex.runs import load_run
 
@@ -25,7 +26,6 @@ torch.set_num_threads(1)
 faiss.omp_set_num_threads(1)
 run = load_run(sys.argv[1], device="cpu")
 model, ds = run.model, run.dataset
-T = model.cfg.temperature
 d = model.cfg.dim
 rng = np.random.default_rng(0)
 valid = ds.valid
@@ -42,7 +42,6 @@ tr = ds.train.to_csr()[users]
 S[tr.nonzero()] = -np.inf
 ex = np.argpartition(-S, 20, axis=1)[:, :20]
 ex_set = [set(r) for r in ex]
-vcsr = valid.to_csr()[users]
 print(
     "learned norm",
     np.linalg.norm(X[:, :d], axis=1).mean(),
@@ -53,12 +52,16 @@ print("user branch norm pct", np.percentile(np.linalg.norm(U[:, d:], axis=1), [5
 
 
 def kmeans(x, k, seed=0):
-    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False)
-    km.cp.min_points_per_centroid = 1
-    km.cp.max_points_per_centroid = 1 << 30
-    km.train(np.ascontiguousarray(x, dtype=np.float32))
-    _, a = km.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return a[:, 0]
+    """(N,) cell of each row: the index's own k-means (faiss, 20 iterations)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return _nearest(x, _kmeans(x, k, seed, 20))
+
+
+def centroids(xs, assign, c):
+    """(C, F) mean of each cell's rows of xs."""
+    cen = np.zeros((c, xs.shape[1]), np.float32)
+    np.add.at(cen, assign, xs)
+    return cen / np.maximum(np.bincount(assign, minlength=c), 1)[:, None]
 
 
 def evaluate(name, assign, node_scores_fn, probes=(8, 16, 32, 64, 128, 256)):
@@ -84,20 +87,14 @@ def evaluate(name, assign, node_scores_fn, probes=(8, 16, 32, 64, 128, 256)):
 
 def centroid_scores(Xs, Us):
     def f(assign, C):
-        cen = np.zeros((C, Xs.shape[1]), np.float32)
-        np.add.at(cen, assign, Xs)
-        cen /= np.maximum(np.bincount(assign, minlength=C), 1)[:, None]
-        return Us @ cen.T
+        return Us @ centroids(Xs, assign, C).T
 
     return f
 
 
 def ball_scores(lam):
     def f(assign, C):
-        cen = np.zeros((C, X.shape[1]), np.float32)
-        np.add.at(cen, assign, X)
-        cnt = np.maximum(np.bincount(assign, minlength=C), 1)
-        cen /= cnt[:, None]
+        cen = centroids(X, assign, C)
         rb = np.zeros(C)
         np.maximum.at(rb, assign, np.linalg.norm(X[:, d:] - cen[assign, d:], axis=1))
         return U @ cen.T + lam * np.linalg.norm(U[:, d:], axis=1)[:, None] * rb[None]
@@ -107,9 +104,7 @@ def ball_scores(lam):
 
 def maxnorm_scores(assign, C):
     # node branch = centroid direction scaled to the members' largest branch norm
-    cen = np.zeros((C, X.shape[1]), np.float32)
-    np.add.at(cen, assign, X)
-    cen /= np.maximum(np.bincount(assign, minlength=C), 1)[:, None]
+    cen = centroids(X, assign, C)
     mx = np.zeros(C)
     np.maximum.at(mx, assign, np.linalg.norm(X[:, d:], axis=1))
     cb = cen[:, d:] / np.maximum(np.linalg.norm(cen[:, d:], axis=1), 1e-12)[:, None] * mx[:, None]
@@ -132,7 +127,6 @@ if "mips" in schemes:
     Xa = np.hstack([X, np.sqrt(np.maximum(M**2 - nrm**2, 0))[:, None]])
     a = kmeans(Xa, C)
     evaluate("kmeans mips-augmented / centroid", a, centroid_scores(X, U))
-    am = a
 if "learned" in schemes or "learned_full" in schemes:
     a = kmeans(X[:, :d], C)
     if "learned" in schemes:
