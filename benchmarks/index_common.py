@@ -322,8 +322,9 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
         branch = run.model.embedding_dim > cfg.model.dim
         for partition in args.partitions.split(","):
             kmeans, _, on = partition.partition("-")
-            if on and not branch:
-                continue  # without a branch the learned dimensions are all of them
+            if on and not branch:  # without a branch the learned dimensions are all of them
+                print(f"{label}: no spectral branch, so {partition} is {kmeans}; skipped")
+                continue
             index_cfg = IndexConfig(
                 method="posthoc", levels=levels, kmeans=kmeans, kmeans_on=on or "all"
             )
