@@ -137,6 +137,16 @@ CLI: list[tuple[str, list[str], str]] = [
         r"not a hirex index",
     ),
     ("ttt out is the run", ["ttt", "--run", "{run}", "--out", "{run}"], r"--out"),
+    (
+        "ttt target unknown",
+        ["ttt", "--run", "{run}", "--out", "{w}/t", "--set", "ttt.target='centroid'"],
+        r"ttt.target.*'item', 'node'",
+    ),
+    (
+        "ttt select_users negative",
+        ["ttt", "--run", "{run}", "--out", "{w}/t", "--set", "ttt.select_users=-5"],
+        r"ttt.select_users must be >= 0",
+    ),
     ("serve port out of range", ["serve", "--run", "{run}", "--port", "70000"], r"--port 70000"),
     ("serve k zero", ["serve", "--run", "{run}", "--k", "0"], r"--k"),
     ("serve threads negative", ["serve", "--run", "{run}", "--threads", "-2"], r"--threads"),

@@ -233,6 +233,17 @@ class TTTConfig:
     """mined: the mined pairs (and node-centred subset, and replay); replay: a control that
     fine-tunes on ordinary training pairs only, as many as ``mined`` would give, to tell the
     effect of the mined data from that of the fine-tuning procedure."""
+    target: Literal["item", "node"] = "item"
+    """What a mined (user, node) pair trains the user to score high: the node's representative
+    item (a sampled softmax over items), or the node's pseudo-item, the embedding the index
+    scores (a softmax over all the nodes of level ``depth``; HILL's node-level objective)."""
+    weight: Literal["none", "rate"] = "none"
+    """Weigh each mined pair the same, or by its interest rate (normalised to mean 1)."""
+    select: Literal["exhaustive", "index"] = "exhaustive"
+    """What validation metric keeps the best fine-tuning epoch (or the start model): exhaustive
+    scoring, or beam search through the refreshed index at ``index.beam``."""
+    select_users: int = 0
+    """With select = "index": validate on this many evenly spaced users (0: all)."""
     epochs: int = 2
     lr: float = 0.0005
     seed: int = 0
@@ -483,6 +494,8 @@ def validate_config(cfg: RunConfig) -> None:
         )
     if not tc.beam or min(tc.beam) < 1:
         raise ConfigError("ttt.beam must be one width, or one per level, each >= 1")
+    if tc.select_users < 0:
+        raise ConfigError(f"ttt.select_users must be >= 0 (0: all users), got {tc.select_users}")
     sc, gc = cfg.sid, cfg.generator
     if not 1 <= len(sc.levels) <= 6 or min(sc.levels) < 2:
         raise ConfigError(f"sid.levels must be 1 to 6 codebook sizes >= 2, got {list(sc.levels)}")

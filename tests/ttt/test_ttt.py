@@ -170,6 +170,147 @@ def test_user_side_ttt_keeps_the_items_and_trains_the_users(trained):
     assert torch.equal(res.index.codes, index.codes)
 
 
+def test_node_target_moves_mined_pairs_off_the_items_and_rate_weights_them(trained):
+    from hirex.ttt.finetune import node_targets
+
+    cfg, ds, model, index = trained
+    mined = mine(model, index, ds.train, 1, 0.3, 3)
+    assert len(mined.users) > 0 and mined.rates.std() > 0
+    node = training_pairs(mined, ds.train, 0.0, seed=0, target="node")
+    assert node.nnz == mined.node_centred.nnz and node.weights is None
+    rated = training_pairs(mined, ds.train, 1.0, seed=0, weight="rate")
+    item = training_pairs(mined, ds.train, 1.0, seed=0)
+    assert rated.nnz == item.nnz and item.weights is None
+    # Each mined pair weighs its rate over the mean rate; the other pairs weigh 1.
+    assert rated.weights.sum() == pytest.approx(rated.nnz, rel=1e-5)
+    want = np.concatenate([mined.rates / mined.rates.mean(), np.ones(rated.nnz - len(mined.rates))])
+    assert np.allclose(np.sort(rated.weights), np.sort(want), rtol=1e-5)
+    # Those weights sit on the mined pairs: a pair's weight is its rate over the mean rate.
+    rate = dict(
+        zip(
+            zip(mined.users.tolist(), mined.items.tolist(), strict=True),
+            mined.rates / mined.rates.mean(),
+            strict=True,
+        )
+    )
+    pairs = zip(rated.users().tolist(), rated.items.tolist(), rated.weights.tolist(), strict=True)
+    assert all(w == 1.0 or w == pytest.approx(rate[(u, i)], rel=1e-5) for u, i, w in pairs)
+    t = node_targets(mined, index, "rate")
+    assert np.array_equal(t.targets, mined.nodes) and t.emb.shape[0] == len(index.levels[0].keys)
+    assert t.weights.mean() == pytest.approx(1.0)
+
+
+def test_node_target_loss_is_the_softmax_over_the_level_nodes(trained):
+    from hirex.models.user_batch import UserBatch
+    from hirex.train.trainer import CHECKPOINT, _Loop
+    from hirex.ttt.finetune import node_targets
+
+    cfg, ds, model, index = trained
+    mined = mine(model, index, ds.train, 1, 0.3, 3)
+    targets = dataclasses.replace(node_targets(mined, index, "rate"), weight=1.0)
+    c = apply_overrides(cfg, ["train.lr=0.05", "train.bf16=false", "train.batch_size=64"])
+    pairs = training_pairs(mined, ds.train, 1.0, seed=0, target="node")
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    loop = _Loop(
+        c,
+        ds,
+        ds.train,
+        None,
+        CHECKPOINT,
+        torch.device("cpu"),
+        False,
+        pairs=pairs,
+        init=init,
+        fixed_targets=targets,
+    )
+    # Every example is in exactly one step of an epoch.
+    steps = len(loop.batches)
+    assert steps > 1
+
+    # The reference: a plain weighted cross-entropy over the level's node scores, all users.
+    def reference(m):
+        u = m.encode_users(UserBatch.from_interactions(ds.train, targets.users))
+        scores = m.score(index.codebooks.map_user(u, 0), targets.emb).float()
+        ce = torch.nn.functional.cross_entropy(
+            scores, torch.from_numpy(targets.targets), reduction="none"
+        )
+        return float(
+            (ce * torch.from_numpy(targets.weights)).sum().detach() / targets.weights.sum()
+        )
+
+    with torch.no_grad():
+        per_step = [float(loop._fixed_loss(0, step)) for step in range(steps)]
+    order = np.random.default_rng([c.train.seed + 2, 0]).permutation(len(targets.users))
+    per = -(-len(targets.users) // steps)
+    chunks = [order[step * per : (step + 1) * per] for step in range(steps)]
+    assert np.array_equal(np.sort(np.concatenate(chunks)), np.arange(len(targets.users)))
+    w = targets.weights
+    total = sum(value * w[chunk].sum() for value, chunk in zip(per_step, chunks, strict=True))
+    assert total / w.sum() == pytest.approx(reference(loop.model), rel=1e-4)
+    # Training on the node targets alone raises the mined nodes' probability.
+    before = reference(loop.model)
+    for step in range(steps):
+        loss = loop._fixed_loss(0, step)
+        loop.optimizer.zero_grad()
+        loss.backward()
+        loop.optimizer.step()
+    assert reference(loop.model) < before - 0.01
+
+
+def test_weighted_pairs_reduce_to_the_mean_when_weights_are_equal(trained):
+    from hirex.train.trainer import CHECKPOINT, _Loop
+
+    cfg, ds, model, index = trained
+    c = apply_overrides(cfg, ["train.bf16=false"])
+    pairs = ds.train
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def loss(weights):
+        p = Interactions(pairs.n_users, pairs.n_items, pairs.indptr, pairs.items, weights)
+        loop = _Loop(
+            c, ds, ds.train, None, CHECKPOINT, torch.device("cpu"), False, pairs=p, init=init
+        )
+        with torch.no_grad():
+            return float(loop._loss(0, 0))
+
+    plain = loss(None)
+    assert loss(np.full(pairs.nnz, 3.0, np.float32)) == pytest.approx(plain, rel=1e-5)
+    rng = np.random.default_rng(0)
+    assert loss(rng.random(pairs.nnz).astype(np.float32)) != pytest.approx(plain, rel=1e-4)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        loss(np.full(pairs.nnz, -1.0, np.float32))
+
+
+def test_ttt_selected_through_the_index_never_ends_worse_there(trained):
+    from hirex.eval.protocols import evaluate_index
+
+    cfg, ds, model, index = trained
+    c = apply_overrides(
+        cfg,
+        [
+            "ttt.threshold=0.2",
+            "ttt.epochs=2",
+            "ttt.lr=0.01",
+            "ttt.target='node'",
+            "ttt.weight='rate'",
+            "ttt.select='index'",
+            "ttt.select_users=150",
+            "index.beam=[2]",
+        ],
+    )
+    start = evaluate_index(model, index, ds, "valid", beam=(2,), max_users=150).metrics
+    res = run_ttt(c, ds, model, index, None, progress=False)
+    # The mined pairs train against the nodes, on top of the (user, item) pairs.
+    assert (
+        res.n_pairs
+        == len(res.mined.users)
+        + training_pairs(res.mined, ds.train, c.ttt.replay, 0, target="node").nnz
+    )
+    after = evaluate_index(res.model, res.index, ds, "valid", beam=(2,), max_users=150).metrics
+    assert after["recall@20"] >= start["recall@20"] - 1e-9
+    assert len(res.training.epochs) >= 1
+
+
 def test_nothing_to_mine_is_a_clear_error(trained):
     cfg, ds, model, index = trained
     empty = dataclasses.replace(ds, train=Interactions.empty(ds.n_users, ds.n_items))

@@ -23,9 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Mine (user, node) pairs from each user's beam-search paths at ttt.depth "
         "(kept when the share of the user's training items under the node reaches "
         "ttt.threshold), fine-tune the model on them with the nodes' representative items as "
-        "targets (plus the node-centred subset and replayed training pairs), refresh the "
-        "index, and write the result as a new run folder with its index. Only the training "
-        "split is mined; validation picks the epoch (or keeps the original model).",
+        "targets (ttt.target = 'item') or the nodes' pseudo-items among their level's nodes "
+        "('node'), optionally weighted by interest rate (ttt.weight = 'rate'), plus the "
+        "node-centred subset and replayed training pairs; refresh the index, and write the "
+        "result as a new run folder with its index. Only the training split is mined; "
+        "validation (exhaustive, or through the index with ttt.select = 'index') picks the "
+        "epoch or keeps the original model.",
     )
     p.add_argument("--run", required=True, help="run folder written by `hirex train`")
     p.add_argument("--index", help=f"index folder (default: <run>/{INDEX_DIR})")

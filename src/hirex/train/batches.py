@@ -25,6 +25,8 @@ class PairBatch:
 
     users: UserBatch
     positives: torch.Tensor  # (B,) int64
+    weights: torch.Tensor | None = None
+    """(B,) float32 weight of each row's loss (None: every row the same)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class PairBatches:
 
     pairs: the (user, item) examples when they are not ``train`` itself (e.g. data mined for
     test-time training); users are always encoded from their ``train`` histories.
+    The pairs' weights (``pairs.weights``), if any, weigh each pair's loss; the training
+    interactions' own weights are not used.
     """
 
     def __init__(
@@ -53,10 +57,14 @@ class PairBatches:
     ):
         self.train, self.batch_size, self.seed = train, batch_size, seed
         self.history_dropout = history_dropout
+        weights = None if pairs is None else pairs.weights
         pairs = train if pairs is None else pairs
         self.pair_users = pairs.users()
         self.pair_items = pairs.items
         self.n = len(self.pair_items)
+        if weights is not None and (not np.isfinite(weights).all() or weights.min() < 0):
+            raise ValueError("pair weights must be finite and >= 0")
+        self.weights = weights
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
@@ -74,7 +82,8 @@ class PairBatches:
         indptr = np.zeros(len(users) + 1, np.int64)
         np.cumsum(np.bincount(rows, minlength=len(users)), out=indptr[1:])
         batch = UserBatch(torch.from_numpy(users), torch.from_numpy(indptr), torch.from_numpy(flat))
-        return PairBatch(batch, torch.from_numpy(pos))
+        weights = None if self.weights is None else torch.from_numpy(self.weights[idx])
+        return PairBatch(batch, torch.from_numpy(pos), weights)
 
 
 @dataclass(frozen=True)

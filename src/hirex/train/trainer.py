@@ -63,6 +63,27 @@ class TrainResult:
     """The index codebooks learned with the model (index.method joint or em)."""
 
 
+@dataclass(frozen=True)
+class FixedTargets:
+    """(user, target) examples whose candidates are fixed embeddings, not items: e.g. the
+    pseudo-items of an index level for test-time training.  Each example adds a full softmax
+    over ``emb`` to the loss, spread over the steps of every epoch of the item pairs."""
+
+    users: np.ndarray
+    """(M,) users, encoded from their full training histories."""
+    targets: np.ndarray
+    """(M,) the row of ``emb`` each user should score highest."""
+    emb: torch.Tensor
+    """(n, Q, D) the candidates, scored by the model as items are."""
+    weights: np.ndarray | None = None
+    """(M,) per-example weights (None: all the same)."""
+    map_user: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """(B, P, D) -> (B, P, D): the user as these candidates' scorer sees it (an index level's
+    user map); None: as it is."""
+    weight: float = 1.0
+    """This loss's weight against the item loss."""
+
+
 def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
     """Whether a checkpoint's stored config is ``cfg``: read with this version's defaults, so a
     field added since the checkpoint was written (at its default) does not orphan it."""
@@ -208,14 +229,18 @@ def finetune_model(
     progress: bool = True,
     frozen: tuple[str, ...] = (),
     optimizer_state: dict[str, Any] | None = None,
+    fixed_targets: FixedTargets | None = None,
+    validate: Callable[[RetrievalModel], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Continue training ``model`` on (user, item) ``pairs`` (users encoded from their training
-    histories) with ``cfg.train``'s optimiser settings, early stopping on validation; the
-    starting model counts as epoch 0, so the result is never worse on validation than it.
+    histories, each pair weighted by ``pairs.weights`` if set) with ``cfg.train``'s optimiser
+    settings, early stopping on validation; the starting model counts as epoch 0, so the result
+    is never worse on validation than it.
     ``frozen``: prefixes of parameter names kept as they are (e.g. ``("item_tower.",)``).
     ``optimizer_state``: AdamW's state to start from (e.g. that of the training run's
     checkpoint, ``read_checkpoint(path)[1]``) instead of a fresh one; lr and weight decay are
-    this config's."""
+    this config's.  ``fixed_targets``: more examples, scored against fixed embeddings.
+    ``validate``: the validation metrics of a model (default: exhaustive, ``eval`` settings)."""
     out = Path(out_dir) if out_dir is not None else None
     device = resolve_device(cfg.train.device)
     loop = _Loop(
@@ -230,8 +255,10 @@ def finetune_model(
         init={k: v.detach().cpu() for k, v in model.state_dict().items()},
         frozen=frozen,
         optimizer_state=optimizer_state,
+        fixed_targets=fixed_targets,
+        validate=validate,
     )
-    start = evaluate_split(cfg, loop.model, dataset, "valid").metrics
+    start = loop._validate()
     result = loop.run(validate=True)
     if result.best_valid.get(loop.metric, float("-inf")) <= start[loop.metric]:
         log.info("fine-tuning did not improve validation %s; keeping the start model", loop.metric)
@@ -247,7 +274,8 @@ class _Loop:
     """One training phase over ``train`` interactions (resumable from ``checkpoint_name``).
 
     pairs: train on these (user, item) pairs instead (histories still come from ``train``);
-    init: start from these weights instead of a fresh model.
+    init: start from these weights instead of a fresh model; fixed_targets: more examples
+    against fixed embeddings (``FixedTargets``); validate: the validation metrics of a model.
     """
 
     def __init__(
@@ -264,8 +292,11 @@ class _Loop:
         init: dict[str, torch.Tensor] | None = None,
         frozen: tuple[str, ...] = (),
         optimizer_state: dict[str, Any] | None = None,
+        fixed_targets: FixedTargets | None = None,
+        validate: Callable[[RetrievalModel], dict[str, float]] | None = None,
     ) -> None:
         self.cfg, self.dataset, self.train, self.out = cfg, dataset, train, out
+        self.fixed_targets, self.validate_fn = fixed_targets, validate
         self.ckpt = out / checkpoint_name if out is not None else None
         self.device, self.progress = device, progress
         tc = cfg.train
@@ -351,34 +382,68 @@ class _Loop:
     # ---- one step ---------------------------------------------------------------------------
     def _rows(
         self, epoch: int, step: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """User embeddings (B, P, D), the row of each positive (None: row i has positive i)
-        and the positive items (M,) of one batch."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """User embeddings (B, P, D), the row of each positive (None: row i has positive i),
+        the positive items (M,) of one batch and the pairs' weights (M,) (None: the same)."""
         batch = self.batches.batch(epoch, step)
         if isinstance(batch, SequenceBatch):
             inputs = batch.inputs.to(self.device)
             targets = batch.targets.to(self.device)
             u = self.model.encode_user_positions(batch.users.to(self.device), inputs)
             keep = targets != self.dataset.n_items
-            return u[keep], None, targets[keep]
+            return u[keep], None, targets[keep], None
         if isinstance(batch, UserTargetsBatch):
             u = self.model.encode_users(batch.users.to(self.device))
-            return u, batch.target_rows.to(self.device), batch.target_items.to(self.device)
+            return u, batch.target_rows.to(self.device), batch.target_items.to(self.device), None
         u = self._encode_rows(batch.users, *self._row_range(len(batch.positives)))
-        return u, None, batch.positives.to(self.device)
+        w = batch.weights
+        return u, None, batch.positives.to(self.device), None if w is None else w.to(self.device)
 
     def _encode_rows(self, users: UserBatch, lo: int, hi: int) -> torch.Tensor:
         """(hi - lo, P, D): the user embeddings of rows lo..hi-1 of a batch's users."""
         return self.model.encode_users(users.slice(lo, hi).to(self.device))
 
     def _loss(self, epoch: int, step: int) -> torch.Tensor:
+        loss = self._item_loss(epoch, step)
+        if self.fixed_targets is None:
+            return loss
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
+            return loss + self.fixed_targets.weight * self._fixed_loss(epoch, step)
+
+    def _fixed_loss(self, epoch: int, step: int) -> torch.Tensor:
+        """Full softmax over ``fixed_targets.emb`` for this step's share of its examples."""
+        ft = self.fixed_targets
+        assert ft is not None
+        steps = len(self.batches)
+        per_step = -(-len(ft.users) // steps)
+        order = np.random.default_rng([self.cfg.train.seed + 2, epoch]).permutation(len(ft.users))
+        idx = order[step * per_step : (step + 1) * per_step]
+        if len(idx) == 0:
+            return torch.zeros((), device=self.device)
+        max_len = self.cfg.model.max_history if self.model.sequential else None
+        batch = UserBatch.from_interactions(self.train, ft.users[idx], max_len=max_len)
+        u = self.model.encode_users(batch.to(self.device))
+        if ft.map_user is not None:
+            u = ft.map_user(u)
+        scores = self.model.score(u, ft.emb.to(self.device)).float()
+        target = torch.from_numpy(ft.targets[idx]).to(self.device)
+        weights = None
+        if ft.weights is not None:
+            w = torch.from_numpy(ft.weights[idx]).float().to(self.device)
+            weights = w / w.sum().clamp(min=1e-12)
+        return full_softmax_loss(scores, target, weights)
+
+    def _item_loss(self, epoch: int, step: int) -> torch.Tensor:
         tc = self.cfg.train
         torch.manual_seed(int(step_rng(tc.seed, epoch, step).integers(2**62)))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-            u, rows, pos = self._rows(epoch, step)
+            u, rows, pos, pair_w = self._rows(epoch, step)
             # This process's rows: all of them, or a rank's share of a distributed batch.
             mine = slice(*self._row_range(len(pos))) if rows is None else slice(None)
             weights = None
+            if pair_w is not None:
+                w = pair_w[mine].float()
+                weights = w / w.sum().clamp(min=1e-12)
             if rows is not None:
                 # Each user weighs the same, whatever its number of targets.
                 per_row = torch.bincount(rows, minlength=u.shape[0]).clamp(min=1).float()
@@ -472,6 +537,8 @@ class _Loop:
         return float(loss.item())
 
     def _validate(self) -> dict[str, float]:
+        if self.validate_fn is not None:
+            return self.validate_fn(self.model.eval())
         return evaluate_split(self.cfg, self.model, self.dataset, "valid").metrics
 
     def _snapshot(self) -> dict[str, torch.Tensor] | None:

@@ -12,10 +12,11 @@ import numpy as np
 
 from hirex.config import RunConfig
 from hirex.data.interactions import Dataset, Interactions
+from hirex.eval.protocols import evaluate_index
 from hirex.index.exhaustive import item_embeddings
 from hirex.index.hierarchy import HierarchicalIndex
 from hirex.models.retrieval_model import RetrievalModel
-from hirex.train.trainer import TrainResult, finetune_model
+from hirex.train.trainer import FixedTargets, TrainResult, eval_ks, finetune_model
 from hirex.ttt.mining import Mined, mine
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,14 @@ class TTTResult:
     mined: Mined
     training: TrainResult
     n_pairs: int
-    """Fine-tuning pairs: mined + node-centred + replayed."""
+    """Fine-tuning examples: mined + node-centred + replayed."""
+
+
+def mined_weights(mined: Mined, weight: str) -> np.ndarray:
+    """(M,) the weight of each mined pair: 1, or its interest rate over the mean rate."""
+    if weight == "rate" and len(mined.rates):
+        return (mined.rates / mined.rates.mean()).astype(np.float32)
+    return np.ones(len(mined.users), np.float32)
 
 
 def training_pairs(
@@ -39,26 +47,54 @@ def training_pairs(
     seed: int,
     node_centred: bool = True,
     data: str = "mined",
+    *,
+    target: str = "item",
+    weight: str = "none",
 ) -> Interactions:
-    """Mined pairs, the node-centred subset (if asked) and ``replay`` ordinary training pairs
-    per pair of those; with ``data = "replay"``, as many ordinary training pairs as that in
-    all (the control)."""
-    users, items = [mined.users], [mined.items]
+    """The (user, item) pairs of fine-tuning: the mined pairs with their nodes' representative
+    items (``target = "item"``; with "node" they train against the nodes instead, see
+    ``node_targets``), the node-centred subset (if asked) and ``replay`` ordinary training pairs
+    per mined pair; with ``data = "replay"``, as many ordinary training pairs as that in all
+    (the control).  ``weight = "rate"``: the mined pairs weigh their interest rate over the
+    mean rate, every other pair 1."""
+    users, items, weights = [], [], []
+    if target == "item":
+        users.append(mined.users)
+        items.append(mined.items)
+        weights.append(mined_weights(mined, weight))
     if node_centred:
         users.append(mined.node_centred.users())
         items.append(mined.node_centred.items)
-    n_mined = sum(len(u) for u in users)
+    n_mined = len(mined.users) + (mined.node_centred.nnz if node_centred else 0)
     n_replay = int(round(replay * n_mined))
     if data == "replay":
-        users, items = [], []
+        users, items, weights = [], [], []
         n_replay += n_mined
     if n_replay:
         rng = np.random.default_rng(seed)
         pick = rng.choice(train.nnz, min(n_replay, train.nnz), replace=False)
         users.append(train.users()[pick])
         items.append(train.items[pick])
-    return Interactions.from_pairs(
-        np.concatenate(users), np.concatenate(items), train.n_users, train.n_items
+    n = [len(u) for u in users]
+    if weights and weight == "rate":
+        w = np.concatenate([weights[0], np.ones(sum(n) - n[0], np.float32)])
+    else:
+        w = None
+    cat = np.concatenate if users else (lambda _: np.zeros(0, np.int64))
+    return Interactions.from_pairs(cat(users), cat(items), train.n_users, train.n_items, w)
+
+
+def node_targets(mined: Mined, index: HierarchicalIndex, weight: str = "none") -> FixedTargets:
+    """The mined (user, node) pairs as targets among all the nodes of their level, each node
+    scored as the index scores it (its pseudo-item, through the level's user map)."""
+    level = mined.depth - 1
+    codebooks = index.codebooks
+    return FixedTargets(
+        users=mined.users,
+        targets=mined.nodes,
+        emb=index.levels[level].emb,
+        weights=mined_weights(mined, weight) if weight == "rate" else None,
+        map_user=lambda u: codebooks.map_user(u, level),
     )
 
 
@@ -101,7 +137,26 @@ def test_time_train(
             f"nothing mined at depth {tc.depth} with threshold {tc.threshold}: no user has that "
             "share of its items under one node; lower ttt.threshold or ttt.depth"
         )
-    pairs = training_pairs(mined, dataset.train, tc.replay, tc.seed, tc.node_centred, tc.data)
+    pairs = training_pairs(
+        mined,
+        dataset.train,
+        tc.replay,
+        tc.seed,
+        tc.node_centred,
+        tc.data,
+        target=tc.target,
+        weight=tc.weight,
+    )
+    fixed = (
+        node_targets(mined, index, tc.weight)
+        if tc.target == "node" and tc.data == "mined"
+        else None
+    )
+    if pairs.nnz == 0:
+        raise ValueError(
+            "ttt.target = 'node' leaves no (user, item) pairs to step through: set ttt.replay "
+            "> 0 or ttt.node_centred = true"
+        )
     ft_cfg = dataclasses.replace(
         cfg,
         train=dataclasses.replace(
@@ -110,6 +165,16 @@ def test_time_train(
         index=dataclasses.replace(cfg.index, method="none"),
     )
     frozen = ("item_tower.", "scorer.", "spectral.") if tc.params == "user" else ()
+    validate = None
+    if tc.select == "index":
+
+        def validate(m: RetrievalModel) -> dict[str, float]:
+            ks = eval_ks(cfg, dataset)
+            users = tc.select_users or None
+            return evaluate_index(
+                m, refresh_index(index, m), dataset, "valid", ks, cfg.index.beam, max_users=users
+            ).metrics
+
     result = finetune_model(
         ft_cfg,
         dataset,
@@ -119,5 +184,8 @@ def test_time_train(
         progress=progress,
         frozen=frozen,
         optimizer_state=optimizer_state,
+        fixed_targets=fixed,
+        validate=validate,
     )
-    return TTTResult(result.model, refresh_index(index, result.model), mined, result, pairs.nnz)
+    n = pairs.nnz + (len(fixed.users) if fixed is not None else 0)
+    return TTTResult(result.model, refresh_index(index, result.model), mined, result, n)
