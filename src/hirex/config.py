@@ -123,7 +123,9 @@ class TrainConfig:
     for all of its targets, far cheaper with the full softmax)."""
     target_fraction: float = 0.5
     bf16: bool = False
-    """Autocast matrix products to bfloat16 in training (fast on CPUs with AMX, and on GPUs)."""
+    """Autocast matrix products to bfloat16 in training (fast on GPUs and on CPUs with AMX or
+    AVX512-BF16; on other CPUs torch emulates bfloat16, several times slower than float32, and
+    training warns)."""
     num_negatives: int = 1024
     """Shared sampled negatives per batch (sampled_softmax, ccl)."""
     negative_sampling: Literal["uniform", "popularity"] = "uniform"

@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from hirex.config import ConfigError, RunConfig, apply_overrides, config_to_dict
 from hirex.eval.protocols import evaluate, evaluate_ranker
@@ -275,3 +277,19 @@ def test_fine_tuning_can_resume_the_training_optimizer(tiny_set_data, tmp_path):
     assert torch.equal(moment, opt_state["state"][0]["exp_avg_sq"])
     with pytest.raises(ValueError, match="does not fit this model"):
         loop_of(apply_overrides(tuned, ["model.dim=16"]), optimizer_state=opt_state)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bfloat16_warns(tiny_set_data, monkeypatch, caplog, native):
+    from hirex.train.trainer import CHECKPOINT, _Loop
+
+    ds, _ = tiny_set_data
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cfg = apply_overrides(RunConfig(), ["train.bf16=true", "model.dim=8"])
+    with caplog.at_level(logging.WARNING, logger="hirex.train.trainer"):
+        _Loop(cfg, ds, ds.train, None, CHECKPOINT, torch.device("cpu"), False)
+    warned = [r.getMessage() for r in caplog.records if "train.bf16" in r.getMessage()]
+    assert bool(warned) is not native
+    if warned:
+        assert "set train.bf16 = false" in warned[0]
