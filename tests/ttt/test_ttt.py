@@ -347,3 +347,20 @@ def test_hirex_ttt_writes_a_run_with_its_index(tmp_path, capsys):
     assert "new folder" in capsys.readouterr().err
     assert main(["ttt", "--run", str(run), "--out", str(out), "--set", "train.lr=1"]) == 2
     assert "only takes [ttt] overrides" in capsys.readouterr().err
+
+
+def test_refresh_keeps_the_paths_of_items_whose_embedding_did_not_change(trained):
+    from hirex.ttt.finetune import refresh_index
+
+    cfg, ds, model, index = trained
+    assert refresh_index(index, model) is index  # an unchanged model: the same index
+    moved = model.__class__(model.cfg, model.n_users, model.n_items)
+    moved.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        w = moved.item_tower.id_emb.weight
+        w[5] = w[200]  # item 5 now sits where item 200 is
+    fresh = refresh_index(index, moved)
+    same = np.ones(ds.n_items, bool)
+    same[5] = False
+    assert torch.equal(fresh.codes[torch.from_numpy(same)], index.codes[torch.from_numpy(same)])
+    assert torch.equal(fresh.codes[5], index.paths_for(fresh.item_emb[5:6])[0])

@@ -99,15 +99,22 @@ def node_targets(mined: Mined, index: HierarchicalIndex, weight: str = "none") -
 
 
 def refresh_index(index: HierarchicalIndex, model: RetrievalModel) -> HierarchicalIndex:
-    """Re-assign every item to a path with the same codebooks and the model's new embeddings;
-    removed items stay removed and every node stays."""
+    """Re-assign every item whose embedding the model changed to a path with the same codebooks
+    (the index's own rule for new items: codebooks or nearest centroids); an item whose
+    embedding is unchanged keeps its path, so an unchanged model gives back ``index`` itself.
+    Removed items stay removed and every node stays."""
     items = index.item_emb.clone()
     # Items added to the index after training keep their stored embeddings.
-    items[: model.n_items] = item_embeddings(model).to(items.device)
+    items[: model.n_items] = item_embeddings(model).to(items.device, items.dtype)
+    moved = (items != index.item_emb).flatten(1).any(1)
+    if not bool(moved.any()):
+        return index
+    codes = index.codes.clone()
+    codes[moved.cpu()] = index.paths_for(items[moved]).to(codes.dtype)
     return HierarchicalIndex(
         index.codebooks,
         items,
-        index.paths_for(items),  # the index's own rule: codebooks or nearest centroids
+        codes,
         active=index.active.copy(),
         extra_nodes=index.node_keys,
         node_embedding=index.node_embedding,
