@@ -21,7 +21,7 @@ from hirex.atomic_files import atomic_write_json
 from hirex.config import load_config
 from hirex.models.scorers import MixtureOfLogits
 from hirex.runs import dataset_from_config
-from hirex.train.trainer import _Loop
+from hirex.train.trainer import _Loop, cpu_has_native_bf16
 
 
 def seconds_per_step(cfg, dataset, fused: bool, warmup: int, steps: int) -> tuple[float, int]:  # noqa: ANN001
@@ -44,21 +44,43 @@ def main() -> None:
     parser.add_argument("--config", default="configs/gowalla-mol.toml")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument(
+        "--bf16",
+        choices=["config", "both"],
+        default="config",
+        help="both: time dot and fused MoL with train.bf16 on and off (is bfloat16 native here?)",
+    )
     parser.add_argument("--output", default=str(RESULTS / "train_step.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(args.config)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=str(SHARED_DATA)))
     dataset = dataset_from_config(cfg.data)
-    result: dict = {"command": command_line(), "machine": machine(), "config": args.config}
+    result: dict = {
+        "command": command_line(),
+        "machine": machine(),
+        "config": args.config,
+        "cpu_native_bf16": cpu_has_native_bf16(),
+    }
     rows = []
-    for scorer, fused in (("dot", True), ("mol", True), ("mol", False)):
-        run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scorer=scorer))
+    if args.bf16 == "both":
+        cases = [(sc, True, b) for b in (True, False) for sc in ("dot", "mol")]
+    else:
+        cases = [
+            (sc, f, cfg.train.bf16) for sc, f in (("dot", True), ("mol", True), ("mol", False))
+        ]
+    for scorer, fused, bf16 in cases:
+        run_cfg = dataclasses.replace(
+            cfg,
+            model=dataclasses.replace(cfg.model, scorer=scorer),
+            train=dataclasses.replace(cfg.train, bf16=bf16),
+        )
         s, n = seconds_per_step(run_cfg, dataset, fused, args.warmup, args.steps)
         rows.append(
             {
                 "scorer": scorer,
                 "mixture": ("fused" if fused else "autograd reference") if scorer == "mol" else "-",
+                "bf16": bf16,
                 "seconds_per_step": round(s, 4),
                 "steps_per_epoch": n,
                 "minutes_per_epoch": round(s * n / 60, 2),
