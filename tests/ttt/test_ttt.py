@@ -35,6 +35,16 @@ def trained(tiny_set_data):
     return cfg, ds, result.model, build_index(result.model, cfg.index)
 
 
+def _loop(cfg, ds, model, **kwargs):
+    """The fine-tuning loop itself, started from ``model``'s weights, on CPU, no checkpoints."""
+    from hirex.train.trainer import CHECKPOINT, _Loop
+
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    return _Loop(
+        cfg, ds, ds.train, None, CHECKPOINT, torch.device("cpu"), False, init=init, **kwargs
+    )
+
+
 def test_interest_rates_match_a_plain_loop(trained):
     cfg, ds, model, index = trained
     users = np.arange(20)
@@ -137,23 +147,10 @@ def test_ttt_never_ends_worse_on_validation_and_refreshes_the_index(trained, tmp
 
 
 def test_user_side_ttt_keeps_the_items_and_trains_the_users(trained):
-    from hirex.train.trainer import CHECKPOINT, _Loop
-
     cfg, ds, model, index = trained
     start = {k: v.clone() for k, v in model.state_dict().items()}
     c = apply_overrides(cfg, ["train.lr=0.01"])
-    init = {k: v.clone() for k, v in start.items()}
-    loop = _Loop(
-        c,
-        ds,
-        ds.train,
-        None,
-        CHECKPOINT,
-        torch.device("cpu"),
-        False,
-        init=init,
-        frozen=("item_tower.",),
-    )
+    loop = _loop(c, ds, model, frozen=("item_tower.",))
     for step in range(3):  # a few optimiser steps of the fine-tuning loop itself
         loss = loop._loss(0, step)
         loop.optimizer.zero_grad()
@@ -202,7 +199,6 @@ def test_node_target_moves_mined_pairs_off_the_items_and_rate_weights_them(train
 
 def test_node_target_loss_is_the_softmax_over_the_level_nodes(trained):
     from hirex.models.user_batch import UserBatch
-    from hirex.train.trainer import CHECKPOINT, _Loop
     from hirex.ttt.finetune import node_targets
 
     cfg, ds, model, index = trained
@@ -210,19 +206,7 @@ def test_node_target_loss_is_the_softmax_over_the_level_nodes(trained):
     targets = dataclasses.replace(node_targets(mined, index, "rate"), weight=1.0)
     c = apply_overrides(cfg, ["train.lr=0.05", "train.bf16=false", "train.batch_size=64"])
     pairs = training_pairs(mined, ds.train, 1.0, seed=0, target="node")
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    loop = _Loop(
-        c,
-        ds,
-        ds.train,
-        None,
-        CHECKPOINT,
-        torch.device("cpu"),
-        False,
-        pairs=pairs,
-        init=init,
-        fixed_targets=targets,
-    )
+    loop = _loop(c, ds, model, pairs=pairs, fixed_targets=targets)
     # Every example is in exactly one step of an epoch.
     steps = len(loop.batches)
     assert steps > 1
@@ -258,18 +242,13 @@ def test_node_target_loss_is_the_softmax_over_the_level_nodes(trained):
 
 
 def test_weighted_pairs_reduce_to_the_mean_when_weights_are_equal(trained):
-    from hirex.train.trainer import CHECKPOINT, _Loop
-
     cfg, ds, model, index = trained
     c = apply_overrides(cfg, ["train.bf16=false"])
     pairs = ds.train
-    init = {k: v.clone() for k, v in model.state_dict().items()}
 
     def loss(weights):
         p = Interactions(pairs.n_users, pairs.n_items, pairs.indptr, pairs.items, weights)
-        loop = _Loop(
-            c, ds, ds.train, None, CHECKPOINT, torch.device("cpu"), False, pairs=p, init=init
-        )
+        loop = _loop(c, ds, model, pairs=p)
         with torch.no_grad():
             return float(loop._loss(0, 0))
 
