@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class TTTResult:
     model: RetrievalModel
     index: HierarchicalIndex
-    """The same codebooks, every item re-assigned with the fine-tuned embeddings."""
+    """The same codebooks, every item whose embedding fine-tuning changed re-assigned."""
     mined: Mined
     training: TrainResult
     n_pairs: int
@@ -101,16 +101,15 @@ def node_targets(mined: Mined, index: HierarchicalIndex, weight: str = "none") -
 def refresh_index(index: HierarchicalIndex, model: RetrievalModel) -> HierarchicalIndex:
     """Re-assign every item whose embedding the model changed to a path with the same codebooks
     (the index's own rule for new items: codebooks or nearest centroids); an item whose
-    embedding is unchanged keeps its path, so an unchanged model gives back ``index`` itself.
+    embedding is unchanged keeps its path (an unchanged model gives a copy of ``index``).
     Removed items stay removed and every node stays."""
     items = index.item_emb.clone()
     # Items added to the index after training keep their stored embeddings.
     items[: model.n_items] = item_embeddings(model).to(items.device, items.dtype)
     moved = (items != index.item_emb).flatten(1).any(1)
-    if not bool(moved.any()):
-        return index
     codes = index.codes.clone()
-    codes[moved.cpu()] = index.paths_for(items[moved]).to(codes.dtype)
+    if bool(moved.any()):
+        codes[moved.cpu()] = index.paths_for(items[moved]).to(codes.dtype)
     return HierarchicalIndex(
         index.codebooks,
         items,
