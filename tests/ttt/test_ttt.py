@@ -203,7 +203,7 @@ def test_node_target_loss_is_the_softmax_over_the_level_nodes(trained):
 
     cfg, ds, model, index = trained
     mined = mine(model, index, ds.train, 1, 0.3, 3)
-    targets = dataclasses.replace(node_targets(mined, index, "rate"), weight=1.0)
+    targets = node_targets(mined, index, "rate")
     c = apply_overrides(cfg, ["train.lr=0.05", "train.bf16=false", "train.batch_size=64"])
     pairs = training_pairs(mined, ds.train, 1.0, seed=0, target="node")
     loop = _loop(c, ds, model, pairs=pairs, fixed_targets=targets)

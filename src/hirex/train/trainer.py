@@ -80,8 +80,6 @@ class FixedTargets:
     map_user: Callable[[torch.Tensor], torch.Tensor] | None = None
     """(B, P, D) -> (B, P, D): the user as these candidates' scorer sees it (an index level's
     user map); None: as it is."""
-    weight: float = 1.0
-    """This loss's weight against the item loss."""
 
 
 def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
@@ -304,6 +302,7 @@ class _Loop:
     ) -> None:
         self.cfg, self.dataset, self.train, self.out = cfg, dataset, train, out
         self.fixed_targets, self.validate_fn = fixed_targets, validate
+        self._fixed_order: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))
         self.ckpt = out / checkpoint_name if out is not None else None
         self.device, self.progress = device, progress
         tc = cfg.train
@@ -421,16 +420,17 @@ class _Loop:
         if self.fixed_targets is None:
             return loss
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
-            return loss + self.fixed_targets.weight * self._fixed_loss(epoch, step)
+            return loss + self._fixed_loss(epoch, step)
 
     def _fixed_loss(self, epoch: int, step: int) -> torch.Tensor:
         """Full softmax over ``fixed_targets.emb`` for this step's share of its examples."""
         ft = self.fixed_targets
         assert ft is not None
-        steps = len(self.batches)
-        per_step = -(-len(ft.users) // steps)
-        order = np.random.default_rng([self.cfg.train.seed + 2, epoch]).permutation(len(ft.users))
-        idx = order[step * per_step : (step + 1) * per_step]
+        if self._fixed_order[0] != epoch:  # one seeded order per epoch
+            rng = np.random.default_rng([self.cfg.train.seed + 2, epoch])
+            self._fixed_order = (epoch, rng.permutation(len(ft.users)))
+        per_step = -(-len(ft.users) // len(self.batches))
+        idx = self._fixed_order[1][step * per_step : (step + 1) * per_step]
         if len(idx) == 0:
             return torch.zeros((), device=self.device)
         max_len = self.cfg.model.max_history if self.model.sequential else None

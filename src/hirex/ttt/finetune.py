@@ -33,11 +33,9 @@ class TTTResult:
     """Fine-tuning examples: mined + node-centred + replayed."""
 
 
-def mined_weights(mined: Mined, weight: str) -> np.ndarray:
-    """(M,) the weight of each mined pair: 1, or its interest rate over the mean rate."""
-    if weight == "rate" and len(mined.rates):
-        return (mined.rates / mined.rates.mean()).astype(np.float32)
-    return np.ones(len(mined.users), np.float32)
+def rate_weights(mined: Mined) -> np.ndarray:
+    """(M,) each mined pair's interest rate over the mean rate."""
+    return (mined.rates / max(float(mined.rates.mean()), 1e-12)).astype(np.float32)
 
 
 def training_pairs(
@@ -57,31 +55,30 @@ def training_pairs(
     per mined pair; with ``data = "replay"``, as many ordinary training pairs as that in all
     (the control).  ``weight = "rate"``: the mined pairs weigh their interest rate over the
     mean rate, every other pair 1."""
-    users, items, weights = [], [], []
+    users, items = [], []
     if target == "item":
         users.append(mined.users)
         items.append(mined.items)
-        weights.append(mined_weights(mined, weight))
     if node_centred:
         users.append(mined.node_centred.users())
         items.append(mined.node_centred.items)
     n_mined = len(mined.users) + (mined.node_centred.nnz if node_centred else 0)
     n_replay = int(round(replay * n_mined))
     if data == "replay":
-        users, items, weights = [], [], []
+        users, items = [], []
         n_replay += n_mined
     if n_replay:
         rng = np.random.default_rng(seed)
         pick = rng.choice(train.nnz, min(n_replay, train.nnz), replace=False)
         users.append(train.users()[pick])
         items.append(train.items[pick])
-    n = [len(u) for u in users]
-    if weights and weight == "rate":
-        w = np.concatenate([weights[0], np.ones(sum(n) - n[0], np.float32)])
-    else:
-        w = None
-    cat = np.concatenate if users else (lambda _: np.zeros(0, np.int64))
-    return Interactions.from_pairs(cat(users), cat(items), train.n_users, train.n_items, w)
+    u = np.concatenate(users) if users else np.zeros(0, np.int64)
+    i = np.concatenate(items) if items else np.zeros(0, np.int64)
+    w = None
+    if weight == "rate" and target == "item" and data == "mined":  # the mined pairs come first
+        w = np.ones(len(u), np.float32)
+        w[: len(mined.users)] = rate_weights(mined)
+    return Interactions.from_pairs(u, i, train.n_users, train.n_items, w)
 
 
 def node_targets(mined: Mined, index: HierarchicalIndex, weight: str = "none") -> FixedTargets:
@@ -93,7 +90,7 @@ def node_targets(mined: Mined, index: HierarchicalIndex, weight: str = "none") -
         users=mined.users,
         targets=mined.nodes,
         emb=index.levels[level].emb,
-        weights=mined_weights(mined, weight) if weight == "rate" else None,
+        weights=rate_weights(mined) if weight == "rate" else None,
         map_user=lambda u: codebooks.map_user(u, level),
     )
 
