@@ -36,7 +36,7 @@ import numpy as np
 from common import RESULTS, command_line, machine, rounded
 
 from hirex.atomic_files import atomic_write_json
-from hirex.config import IndexConfig, apply_overrides, config_to_dict
+from hirex.config import ConfigError, IndexConfig, RunConfig, apply_overrides, config_to_dict
 from hirex.eval.protocols import evaluate, evaluate_index
 from hirex.index.build import build_index
 from hirex.runs import load_run
@@ -72,8 +72,17 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    settings = [s.strip() for s in args.settings.split("|") if s.strip()]
+    try:  # every setting is checked before anything is trained
+        for setting in settings:
+            apply_overrides(RunConfig(), [*shlex.split(setting), *args.overrides])
+    except (ConfigError, ValueError) as err:
+        p.error(f"--settings / --set: {err}")
     t_all = time.perf_counter()
-    run = load_run(args.run, device="cpu")
+    try:
+        run = load_run(args.run, device="cpu")
+    except (FileNotFoundError, ValueError) as err:
+        p.error(f"--run: {err}")
     ds = run.dataset
     cfg = apply_overrides(
         run.config,
@@ -148,7 +157,7 @@ def main() -> None:
 
     result["selection"] = {}
     kept = {}
-    for setting in [s.strip() for s in args.settings.split("|") if s.strip()]:
+    for setting in settings:
         try:
             res, summary = ttt(setting, 0)
         except ValueError as err:  # nothing mined
