@@ -168,7 +168,11 @@ def _checkpoint_position(path: Path) -> tuple[int, int]:
 def test_kill_minus_nine_mid_epoch_then_resume_matches_uninterrupted(tmp_path, extra, kill_epoch):
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_train_cmd(full, extra), check=True, env=env, capture_output=True)
+    # The uninterrupted reference runs beside the one to be killed: the two start up together.
+    log = (tmp_path / "reference.log").open("w")
+    reference = subprocess.Popen(
+        _train_cmd(full, extra), env=env, stdout=subprocess.DEVNULL, stderr=log
+    )
     proc = subprocess.Popen(
         _train_cmd(killed, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -182,6 +186,12 @@ def test_kill_minus_nine_mid_epoch_then_resume_matches_uninterrupted(tmp_path, e
     assert proc.poll() is None, "training finished before it could be killed mid-epoch"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    try:
+        reference.wait(timeout=300)
+    finally:
+        reference.kill()  # a no-op once it has ended
+        log.close()
+    assert reference.returncode == 0, (tmp_path / "reference.log").read_text()[-3000:]
     assert not (killed / "metrics.json").exists()
     resumed = subprocess.run(_train_cmd(killed, extra), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
