@@ -1,9 +1,9 @@
 """Choose the spectral branch's rank and weight on validation for a trained pooled-history model.
 
-Loads a trained model (its learned part), attaches the branch at every rank x weight and reports
-the validation metrics, so the choice in configs/gowalla-spectral-branch.toml can be checked and
-redone on other data.  Test is read only with --test, and then only for the setting that is best
-on validation.
+Loads a trained model, dot or MoL (its learned part), attaches the branch at every rank x weight
+and reports the validation metrics, so the choice in configs/gowalla-spectral-branch.toml can be
+checked and redone on other data or another scorer.  Test is read only with --test, and then only
+for the setting that is best on validation.
 
     python benchmarks/spectral_sweep.py --config configs/gowalla-spectral-branch.toml \\
         --model runs/bench-gowalla-spectral-branch/model.safetensors [--ranks 256,1024] \\
@@ -34,7 +34,9 @@ from hirex.train.trainer import eval_ks, select_metric
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", required=True, help="the config the model was trained with")
-    p.add_argument("--model", required=True, help="model.safetensors of a pooled-history dot model")
+    p.add_argument(
+        "--model", required=True, help="model.safetensors of a pooled-history model (dot or MoL)"
+    )
     p.add_argument("--data-dir", default=str(SHARED_DATA))
     p.add_argument("--ranks", default="256,1024")
     p.add_argument("--weights", default="1,3,5")
