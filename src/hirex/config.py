@@ -396,6 +396,15 @@ _SECTIONS = {
 }
 
 
+def same_training(a: RunConfig, b: RunConfig) -> bool:
+    """Whether two configs train the same model: equal in every field but
+    ``model.spectral_weight``, which only scales the spectral branch fitted after training.  A
+    finished run resumed at another weight re-attaches the branch at that weight and is
+    evaluated again, without training anew."""
+    model = dataclasses.replace(a.model, spectral_weight=b.model.spectral_weight)
+    return dataclasses.replace(a, model=model) == b
+
+
 def config_from_dict(raw: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
     """Build a RunConfig from nested dicts, strictly: unknown sections/keys raise ConfigError."""
     base = base or RunConfig()

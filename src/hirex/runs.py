@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 
 from hirex.atomic_files import atomic_write_json, atomic_write_text
-from hirex.config import ConfigError, DataConfig, RunConfig, config_to_toml, load_config
+from hirex.config import (
+    ConfigError,
+    DataConfig,
+    RunConfig,
+    config_to_toml,
+    load_config,
+    same_training,
+)
 from hirex.data.interactions import Dataset
 from hirex.data.registry import load_dataset
 from hirex.data.splits import cold_start_targets, hold_out_items
@@ -376,7 +383,7 @@ def prepare_run_dir(cfg: RunConfig, out: str | os.PathLike, restart: bool) -> Pa
             shutil.rmtree(out / name, ignore_errors=True)
     saved = out / "config.toml"
     if saved.exists() and (out / "checkpoint.safetensors").exists():
-        if load_config(saved) != cfg:
+        if not same_training(load_config(saved), cfg):
             raise ValueError(
                 f"{out} holds a run with another config ({saved}); use a new --out folder "
                 "or pass --restart to discard that run"

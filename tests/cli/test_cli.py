@@ -61,6 +61,21 @@ def test_eval_reproduces_train_metrics(trained_run, tmp_path):
     assert json.loads(out.read_text())["recall@20"] == pytest.approx(report["test"]["recall@20"])
 
 
+def test_a_finished_run_trained_again_at_another_branch_weight_is_only_re_evaluated(tmp_path):
+    base = [*SMALL, "--set", "model.use_user_id=false", "--set", "model.spectral_rank=16"]
+    run = tmp_path / "run"
+    assert main(["train", *base, "--out", str(run)]) == 0
+    first = json.loads((run / "metrics.json").read_text())
+    assert main(["train", *base, "--set", "model.spectral_weight=6.0", "--out", str(run)]) == 0
+    second = json.loads((run / "metrics.json").read_text())
+    assert "spectral_weight = 6.0" in (run / "config.toml").read_text()
+    assert second["epochs"] == first["epochs"]  # not trained again
+    assert second["test"] != first["test"]  # the branch at weight 6
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--run", str(run), "--output", str(out)]) == 0  # checksums hold
+    assert json.loads(out.read_text())["recall@20"] == pytest.approx(second["test"]["recall@20"])
+
+
 def test_retrieve_json_and_csv(trained_run, tmp_path, capsys):
     assert main(["retrieve", "--run", str(trained_run), "--users", "0,5", "--k", "7"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -263,6 +263,29 @@ def test_spectral_branch_is_attached_after_training(tiny_set_data, tmp_path):
     assert result.best_valid["recall@20"] != result.epochs[result.best_epoch]["valid"]["recall@20"]
 
 
+def test_a_finished_run_resumed_at_another_branch_weight_only_refits_the_branch(
+    tiny_set_data, tmp_path
+):
+    ds, _ = tiny_set_data
+    base = ("train.epochs=1", "model.spectral_rank=16", "model.use_user_id=false")
+    first = train_model(_cfg(*base), ds, tmp_path, progress=False)
+    items = first.model.spectral.items.clone()
+    learned = {k: v.clone() for k, v in first.model.state_dict().items() if "spectral" not in k}
+    again = train_model(_cfg(*base, "model.spectral_weight=6.0"), ds, tmp_path, progress=False)
+    # Not trained again: the recorded epochs and the same learned weights.
+    assert again.epochs == first.epochs and len(again.epochs) == 1
+    assert again.train_seconds == pytest.approx(first.train_seconds, abs=0.1)
+    for k, v in again.model.state_dict().items():
+        if "spectral" not in k:
+            assert torch.equal(v, learned[k]), k
+    # The branch is scaled linearly in its weight: 6 against the default 3.
+    assert torch.allclose(again.model.spectral.items, 2 * items, rtol=1e-5, atol=1e-6)
+    assert again.best_valid != first.best_valid
+    # Any field that shapes training still refuses the checkpoint.
+    with pytest.raises(ConfigError, match="another config"):
+        train_model(_cfg(*base, "train.lr=0.001"), ds, tmp_path, progress=False)
+
+
 def test_fine_tuning_can_resume_the_training_optimizer(tiny_set_data, tmp_path):
     import torch
 

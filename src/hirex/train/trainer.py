@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hirex.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from hirex.config import (
+    ConfigError,
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
+    same_training,
+)
 from hirex.data.interactions import Dataset, Interactions
 from hirex.eval.protocols import Evaluation, default_ks, evaluate
 from hirex.index.codebooks import ResidualCodebooks, load_codebooks, save_codebooks
@@ -83,10 +89,11 @@ class FixedTargets:
 
 
 def same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
-    """Whether a checkpoint's stored config is ``cfg``: read with this version's defaults, so a
-    field added since the checkpoint was written (at its default) does not orphan it."""
+    """Whether a checkpoint's stored config trains as ``cfg`` does (:func:`same_training`): read
+    with this version's defaults, so a field added since the checkpoint was written (at its
+    default) does not orphan it."""
     try:
-        return config_from_dict(saved) == cfg
+        return same_training(config_from_dict(saved), cfg)
     except (ConfigError, TypeError, ValueError):
         return False
 
