@@ -132,3 +132,42 @@ def test_training_from_a_dot_run_starts_at_its_quality(tiny_set_data, tmp_path):
     mol_valid = mol.best_valid["recall@20"]
     assert mol_valid == pytest.approx(dot_valid, abs=0.01)
     assert cold.best_valid["recall@20"] < dot_valid - 0.05
+
+
+SASREC = ModelConfig(
+    dim=16,
+    user_encoder="transformer",
+    use_user_id=False,
+    max_history=10,
+    n_layers=1,
+    n_heads=1,
+    dropout=0.0,
+    share_item_embedding=True,
+)
+
+
+def test_a_tied_transformer_grows_into_a_mixture_that_reads_the_same_histories(
+    tiny_sequence_data, tmp_path, monkeypatch
+):
+    """SASRec ties its input embeddings to the item embeddings; the mixture cannot, so its input
+    table starts as the source's item embeddings (not at random) and the scores match."""
+    ds, _ = tiny_sequence_data
+    torch.manual_seed(3)
+    dot = RetrievalModel(SASREC, ds.n_users, ds.n_items).eval()
+    dot.save(tmp_path / "sasrec.safetensors")
+    mol_cfg = dataclasses.replace(
+        SASREC, scorer="mol", mol_user_embs=2, mol_item_embs=2, share_item_embedding=False
+    )
+    mol = RetrievalModel(mol_cfg, ds.n_users, ds.n_items)
+    monkeypatch.setattr(warm_start, "NOISE", 0.0)
+    state = warm_start_state(tmp_path / "sasrec.safetensors", mol)
+    source = dot.item_tower.id_emb.weight.detach()
+    assert torch.equal(state["user_tower.history.emb.weight"], source)
+    mol.load_state_dict(state)
+    mol.eval()
+    users = np.arange(40)
+    assert np.allclose(_scores(mol, ds, users), _scores(dot, ds, users), atol=1e-4)
+    # A tied source into a tied model of the same shape is a plain copy.
+    twin = RetrievalModel(SASREC, ds.n_users, ds.n_items)
+    for name, value in warm_start_state(tmp_path / "sasrec.safetensors", twin).items():
+        assert torch.equal(value, dot.state_dict()[name]), name

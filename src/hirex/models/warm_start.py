@@ -9,8 +9,11 @@ the expensive mixture only pays for the epochs that improve on it.
 
 A tensor of the same shape is copied as it is; one that is a whole multiple of the source's
 along one axis (``item_tower.id_emb``: (N, D) -> (N, Q*D), ``user_tower.proj``: (D, D) ->
-(P*D, D)) gets the source tiled along that axis.  The spectral branch is not copied: it is fit
-again on the training data once training ends.
+(P*D, D)) gets the source tiled along that axis.  A source that ties the transformer's input
+embeddings to its item embeddings (``model.share_item_embedding``, SASRec's habit, which a
+mixture of several item embeddings cannot keep) gives the untied input table its item
+embeddings, so the mixture reads the same histories.  The spectral branch is not copied: it is
+fit again on the training data once training ends.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ if TYPE_CHECKING:
 
 NOISE = 0.01
 """Relative std of the multiplicative noise on the copies after the first of a tiled tensor."""
+
+TIED_INPUTS = "user_tower.history.emb.weight"
+"""The transformer's input embeddings, which a tied source keeps in its item embeddings."""
 
 SKIPPED = ("spectral.",)
 """Prefixes of tensors never copied (refit after training)."""
@@ -50,8 +56,11 @@ def warm_start_state(
             f"{model.n_items:,}: start from a model trained on the same data"
         )
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    source_state = dict(source.state_dict())
+    if source.cfg.share_item_embedding and TIED_INPUTS in state and TIED_INPUTS not in source_state:
+        source_state[TIED_INPUTS] = source_state["item_tower.id_emb.weight"]
     generator = torch.Generator().manual_seed(seed)
-    for name, value in source.state_dict().items():
+    for name, value in source_state.items():
         if name.startswith(SKIPPED):
             continue
         if name not in state:
