@@ -197,7 +197,9 @@ class IndexConfig:
     kmeans: Literal["residual", "hierarchical"] = "residual"
     """posthoc: residual k-means (one codebook per level, shared by all parents) or hierarchical
     k-means (every node's items split by their own k-means; new items descend to the nearest
-    child centroid).  joint and em learn residual codebooks."""
+    child centroid).  joint and em learn residual codebooks; with a spectral branch they learn
+    them on the learned dimensions (the branch is attached after training) and the index routes
+    on those, as kmeans_on = "learned" does."""
     kmeans_on: Literal["all", "learned"] = "all"
     """posthoc: the dimensions k-means partitions the items on.  "learned" leaves out a spectral
     branch's dimensions (its item norms grow with the square root of the item's degree, which
@@ -461,10 +463,16 @@ def validate_config(cfg: RunConfig) -> None:
             "model.spectral_linear_weight must be >= 0, and > 0 only with a spectral branch "
             "(model.spectral_rank > 0)"
         )
-    if cfg.model.spectral_rank and cfg.index.method in ("joint", "em"):
+    if (
+        cfg.model.spectral_rank
+        and cfg.index.method in ("joint", "em")
+        and cfg.index.node_embedding != "centroids"
+    ):
         raise ConfigError(
-            f"index.method = {cfg.index.method!r} learns codebooks during training, before the "
-            "spectral branch (model.spectral_rank) is attached; use index.method = 'posthoc'"
+            f"index.method = {cfg.index.method!r} learns its codebooks on the learned dimensions, "
+            "before the spectral branch (model.spectral_rank) is attached, so its codewords lack "
+            "the branch: set index.node_embedding = 'centroids' (nodes scored at their items' "
+            "full-width mean)"
         )
     if cfg.train.init_from and cfg.model.init != "random":
         raise ConfigError(

@@ -190,8 +190,11 @@ def test_spectral_branch_bad_configs(tiny_set_data):
         attach_spectral_branch(_branch_model(ds, rank=5000), ds.train)
     with pytest.raises(ValueError, match="no spectral branch"):
         attach_spectral_branch(RetrievalModel(ModelConfig(dim=8), ds.n_users, ds.n_items), ds.train)
-    with pytest.raises(ConfigError, match="before the spectral branch"):
-        apply_overrides(RunConfig(), ["model.spectral_rank=8", "index.method='joint'"])
+    with pytest.raises(ConfigError, match="before the spectral branch .*node_embedding"):
+        apply_overrides(
+            RunConfig(),
+            ["model.spectral_rank=8", "index.method='joint'", "index.node_embedding='codewords'"],
+        )
 
 
 def test_the_linear_part_is_gf_cf_linear_filter_in_the_top_directions(tiny_set_data):
@@ -233,3 +236,54 @@ def test_the_linear_part_is_gf_cf_linear_filter_in_the_top_directions(tiny_set_d
         assert np.abs(got).max(1).mean() == pytest.approx(weight, rel=0.3)
     with pytest.raises(ConfigError, match="spectral_linear_weight must be >= 0"):
         apply_overrides(RunConfig(), ["model.spectral_linear_weight=1.0"])
+
+
+def test_a_joint_index_learned_before_the_branch_routes_on_the_learned_dimensions(
+    tiny_set_data, tmp_path
+):
+    """index.method = 'joint' with a spectral branch: the codebooks are learned on the learned
+    dimensions while the branch is off; the built index takes its paths from them, scores nodes
+    at their full-width centroids (branch included), keeps the learned user maps on the learned
+    block, and over all nodes equals exhaustive scoring; it survives the run folder."""
+    from hirex.index.codebooks import load_codebooks
+    from hirex.index.exhaustive import exhaustive_topk, item_embeddings
+    from hirex.index.files import load_index
+    from hirex.index.search import beam_search
+    from hirex.runs import INDEX_DIR, train_run
+
+    ds, _ = tiny_set_data
+    cfg = apply_overrides(
+        RunConfig(),
+        [
+            "model.dim=16",
+            "model.use_user_id=false",
+            "model.scorer='mol'",
+            "model.spectral_rank=12",
+            "model.spectral_weight=2.0",
+            "train.epochs=2",
+            "train.batch_size=256",
+            "train.num_negatives=64",
+            "train.num_threads=1",
+            "index.method='joint'",
+            "index.start_epoch=0",
+            "index.levels=[4,4]",
+            "index.beam=[16]",
+        ],
+    )
+    result, report = train_run(cfg, ds, tmp_path / "run", restart=False, progress=False)
+    model, index = load_index(tmp_path / "run" / INDEX_DIR)
+    assert model.embedding_dim == 16 + 12
+    assert (index.assign, index.assign_dims, index.node_embedding) == ("centroids", 16, "centroids")
+    learned = load_codebooks(tmp_path / "run" / "codebooks.safetensors")
+    items = item_embeddings(model)
+    assert torch.equal(index.codes, learned.encode(items[..., :16]))
+    for small, big in zip(learned.user_maps, index.codebooks.user_maps, strict=True):
+        want = torch.eye(28)
+        want[:16, :16] = small.detach()
+        assert torch.allclose(big.detach(), want)
+    assert any(not torch.allclose(m.detach(), torch.eye(16)) for m in learned.user_maps)
+    users = np.arange(60)
+    got = beam_search(model, index, users, ds.train, 10, 16, exclude=ds.train).topk
+    want = exhaustive_topk(model, users, ds.train, 10, exclude=ds.train)
+    assert np.array_equal(got.ids.numpy(), want.ids.numpy())
+    assert report["index"]["method"] == "joint"

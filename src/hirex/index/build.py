@@ -47,7 +47,20 @@ def build_index(
             "index.node_embedding = 'centroids'"
         )
     codes, assign, assign_dims = None, "codebooks", None
-    if codebooks is None:
+    if codebooks is not None and codebooks.q * codebooks.dim < items.shape[1] * items.shape[2]:
+        # Learned with the model (joint or em) before its spectral branch was attached: the
+        # paths come from the learned dimensions, the nodes are scored at their items'
+        # full-width centroids, and a new item descends by its learned dimensions.
+        if cfg.node_embedding != "centroids":
+            raise ValueError(
+                "codebooks learned before the spectral branch was attached lack its dimensions: "
+                "set index.node_embedding = 'centroids'"
+            )
+        learned = codebooks.dim
+        codes = codebooks.encode(items[..., :learned].to(codebooks.codewords[0].device))
+        codebooks = _full_width(codebooks, items, codes)
+        assign, assign_dims = "centroids", learned
+    elif codebooks is None:
         if cfg.method in ("joint", "em"):
             raise ValueError(
                 f"index.method = {cfg.method!r} learns the codebooks during training; train with "
@@ -87,11 +100,15 @@ def build_index(
 def _full_width(
     codebooks: ResidualCodebooks, items: torch.Tensor, codes: torch.Tensor
 ) -> ResidualCodebooks:
-    """Codebooks fitted on a slice of the item dimensions -> the same paths over items (N, Q, D):
-    level 1's codewords become the full-embedding centroids of its nodes (what an empty node and
-    the shapes use; the deeper codewords of hierarchical k-means stay zero)."""
+    """Codebooks fitted on the first dimensions of each item embedding -> the same paths over
+    items (N, Q, D): level 1's codewords become the full-embedding centroids of its nodes (what an
+    empty node and the shapes use; the deeper codewords stay zero), and each level's user map
+    acts on those first dimensions as before and leaves the others (the branch) as they are."""
     n, q, dim = items.shape
     full = ResidualCodebooks(codebooks.sizes, q, dim)
+    part = codebooks.dim
+    for small, big in zip(codebooks.user_maps, full.user_maps, strict=True):
+        big.data[:part, :part].copy_(small.detach().to(big.device))
     flat = items.reshape(n, -1).float()
     top = codes[:, 0].to(flat.device)
     sums = torch.zeros(codebooks.sizes[0], q * dim, device=flat.device).index_add_(0, top, flat)
