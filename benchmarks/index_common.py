@@ -4,6 +4,8 @@ For each index method (posthoc, joint, em) a model with the expressive scorer is
 that method (resumable run folders under --out), its index is built, and test metrics are
 measured through beam search at several widths next to exhaustive scoring with the same model.
 faiss IVF-Flat and HNSW run on the embeddings of a dot-product model at matched budgets.
+With --runs, finished run folders are measured instead: the index each wrote at training
+(``own``, e.g. a joint one) and post-hoc indexes built over the same model.
 Writes benchmarks/results/<name>.json (a list of rows) and <name>.png.
 """
 
@@ -26,7 +28,7 @@ from hirex.data.interactions import Dataset, Interactions
 from hirex.eval.protocols import evaluate, evaluate_index, evaluate_ranker
 from hirex.index.build import build_index
 from hirex.index.exhaustive import item_embeddings
-from hirex.index.files import load_index
+from hirex.index.files import load_index, read_manifest
 from hirex.index.hierarchy import HierarchicalIndex
 from hirex.models.user_batch import UserBatch
 from hirex.runs import INDEX_DIR, dataset_from_config, train_run
@@ -218,16 +220,17 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
     p.add_argument(
         "--partitions",
         default="residual,hierarchical,hierarchical-learned",
-        help="with --runs: the post-hoc indexes (hierarchical-learned: hierarchical k-means on "
-        "the learned dimensions, index.kmeans_on = 'learned'; only for runs with a spectral "
-        "branch)",
+        help="with --runs: the indexes (own: the index the run wrote at training, <run>/index, "
+        "e.g. a joint one; residual, hierarchical: post hoc; hierarchical-learned: hierarchical "
+        "k-means on the learned dimensions, index.kmeans_on = 'learned'; only for runs with a "
+        "spectral branch)",
     )
     p.add_argument("--result-name", default=name, help=f"results/<NAME>.json (default: {name})")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     beams_list = [b.strip() for b in args.beams.split(";") if b.strip()]
     if args.runs:
-        known = {"residual", "hierarchical", "hierarchical-learned"}
+        known = {"own", "residual", "hierarchical", "hierarchical-learned"}
         if not set(args.partitions.split(",")) <= known:
             p.error(f"--partitions takes a comma list of {sorted(known)}")
         measure_runs(args, beams_list)
@@ -321,6 +324,18 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
         runs[label] = {"folder": folder, "scorer": cfg.model.scorer, "index_build_seconds": {}}
         branch = run.model.embedding_dim > cfg.model.dim
         for partition in args.partitions.split(","):
+            if partition == "own":
+                own = Path(folder) / INDEX_DIR
+                if not own.is_dir():
+                    print(f"{label}: no index written at training ({own}); 'own' skipped")
+                    continue
+                method = read_manifest(own).get("info", {}).get("method", "own")
+                index_model, index = load_index(own)
+                if not torch.equal(item_embeddings(index_model), item_embeddings(run.model)):
+                    raise SystemExit(f"{own} was built over another model than {folder}'s")
+                label_own = f"{method} index ({label})"
+                beam_rows(run.model, index, ds, ks, beams, label_own, metric, ex, rows, max_users)
+                continue
             kmeans, _, on = partition.partition("-")
             if on and not branch:  # without a branch the learned dimensions are all of them
                 print(f"{label}: no spectral branch, so {partition} is {kmeans}; skipped")
