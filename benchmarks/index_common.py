@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import RESULTS, SHARED_DATA, command_line, machine, rounded
+from common import RESULTS, SHARED_DATA, command_line, machine, rounded, warm_start_source
 
 from hirex.atomic_files import atomic_write_bytes, atomic_write_json
 from hirex.config import RunConfig, apply_overrides, config_to_dict, load_config
@@ -248,9 +248,18 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
     rows: list[dict[str, Any]] = []
     runs: dict[str, Any] = {}
 
+    # Runs grown from a trained model (train.init_from) also cost that model's training.
+    start = warm_start_source(base.train.init_from) if base.train.init_from else None
+
     def write(complete: bool) -> None:
         write_rows(
-            name, complete, dataset=ds.summary(), rows=rows, runs=runs, config=config_to_dict(base)
+            name,
+            complete,
+            dataset=ds.summary(),
+            rows=rows,
+            runs=runs,
+            init_from=start,
+            config=config_to_dict(base),
         )
 
     for method in args.methods.split(","):
