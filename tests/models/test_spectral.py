@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from hirex.config import ConfigError, ModelConfig, RunConfig, apply_overrides
-from hirex.models.retrieval_model import RetrievalModel
+from hirex.models.retrieval_model import (
+    MODEL_FORMAT,
+    MODEL_VERSION,
+    RetrievalModel,
+    read_safetensors,
+)
 from hirex.models.spectral import attach_spectral_branch, spectral_init
 from hirex.models.user_batch import UserBatch
 
@@ -112,6 +117,32 @@ def test_spectral_branch_survives_save_and_load(tiny_set_data, tmp_path):
     assert back.spectral is not None and back.spectral.active
     users = np.arange(30)
     assert np.allclose(_scores(back, ds.train, users), _scores(model, ds.train, users))
+
+
+def test_an_unfitted_branch_is_saved_empty_and_older_files_still_load(tiny_set_data, tmp_path):
+    ds, _ = tiny_set_data
+    model = _branch_model(ds)
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    tensors, _ = read_safetensors(path, MODEL_FORMAT, MODEL_VERSION)
+    assert tensors["spectral.hist"].shape == (0, 12)  # no items x rank zeros during training
+    assert tensors["spectral.items"].shape == (0, 12)
+    back = RetrievalModel.load(path)
+    assert not back.spectral.active and back.spectral.items.shape == (0, 12)
+    # A file written before unfitted buffers were empty holds (items, rank) zeros.
+    old = dict(model.state_dict())
+    old["spectral.hist"] = torch.zeros(ds.n_items, 12)
+    old["spectral.items"] = torch.zeros(ds.n_items, 12)
+    again = _branch_model(ds)
+    again.load_state_dict(old, strict=True)
+    attach_spectral_branch(again, ds.train)  # and it can still be fitted
+    assert again.spectral.items.shape == (ds.n_items, 12)
+    # Filters of another item count are refused, by load and by fit.
+    old["spectral.items"] = torch.zeros(ds.n_items + 1, 12)
+    with pytest.raises(RuntimeError, match="size mismatch for spectral.items"):
+        _branch_model(ds).load_state_dict(old, strict=True)
+    with pytest.raises(ValueError, match="for a branch of"):
+        again.spectral.fit(torch.zeros(3, 12), torch.zeros(3, 12))
 
 
 def test_beam_search_over_all_nodes_equals_exhaustive_with_the_branch(tiny_set_data):

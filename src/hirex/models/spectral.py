@@ -18,7 +18,7 @@ rank 1024.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -94,16 +94,49 @@ class SpectralBranch(nn.Module):
     Buffers (saved with the model): ``hist`` (N, W) = D_i^-1/2 V, ``items`` (N, W) = c D_i^1/2 V
     for the ideal low-pass filter (W = K); with ``linear``, also V S and c' V S for GF-CF's
     linear filter in the same K directions (W = 2K).  ``fitted``: an unfitted branch is left out
-    of every score, so training does not pay for W extra dimensions of zeros.
+    of every score, so training does not pay for W extra dimensions of zeros, and its buffers
+    are empty (0, W), so checkpoints written during training do not carry N x W zeros.
     """
 
     def __init__(self, n_items: int, rank: int, exponent: float, linear: bool = False) -> None:
         super().__init__()
         self.exponent = exponent
-        width = rank * (2 if linear else 1)
-        self.register_buffer("hist", torch.zeros(n_items, width))
-        self.register_buffer("items", torch.zeros(n_items, width))
+        self.n_items = n_items
+        self.width = rank * (2 if linear else 1)
+        self.register_buffer("hist", torch.zeros(0, self.width))
+        self.register_buffer("items", torch.zeros(0, self.width))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def fit(self, hist: torch.Tensor, items: torch.Tensor) -> None:
+        """Set the filters, hist and items (N, W) each, and switch the branch on."""
+        want = (self.n_items, self.width)
+        if tuple(hist.shape) != want or tuple(items.shape) != want:
+            raise ValueError(
+                f"spectral branch: filters of shape {list(hist.shape)} and {list(items.shape)} "
+                f"for a branch of {want[0]} items x width {want[1]}"
+            )
+        like = self.hist
+        self.hist = hist.to(device=like.device, dtype=like.dtype)
+        self.items = items.to(device=like.device, dtype=like.dtype)
+        self.fitted.fill_(True)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # A fitted branch's buffers are (N, W), an unfitted one's (0, W); files written before
+        # the unfitted ones were empty hold (N, W) zeros.  Take the stored shape when it is one of
+        # these; any other shape is left for load_state_dict to report.
+        for name in ("hist", "items"):
+            value = state_dict.get(prefix + name)
+            current = getattr(self, name)
+            if (
+                value is not None
+                and value.dim() == 2
+                and value.shape[1] == self.width
+                and value.shape[0] in (0, self.n_items)
+            ):
+                setattr(self, name, current.new_zeros(value.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def active(self) -> bool:
@@ -179,7 +212,4 @@ def attach_spectral_branch(model: RetrievalModel, train: Interactions, seed: int
     if linear:  # r V S (V S)^T = r V diag(s^2) V^T, GF-CF's linear filter in these directions
         hist = np.hstack([hist, vs])
         items = np.hstack([items, scaled(vs, vs, cfg.spectral_linear_weight)])
-    device = branch.hist.device
-    branch.hist.copy_(torch.from_numpy(hist).to(device))
-    branch.items.copy_(torch.from_numpy(items).to(device))
-    branch.fitted.fill_(True)
+    branch.fit(torch.from_numpy(hist), torch.from_numpy(items))
