@@ -164,6 +164,19 @@ def beam_rows(
         print(rows[-1], flush=True)
 
 
+def own_index(folder: str | Path, model: Any) -> tuple[HierarchicalIndex, str]:
+    """The index a run wrote at training (``<run>/index``, e.g. a joint one) and its method;
+    SystemExit when it is missing or was built over another model than ``model``."""
+    own = Path(folder) / INDEX_DIR
+    if not own.is_dir():
+        raise SystemExit(f"{folder}: no index written at training ({own})")
+    method = read_manifest(own).get("info", {}).get("method", "own")
+    index_model, index = load_index(own)
+    if not torch.equal(item_embeddings(index_model), item_embeddings(model)):
+        raise SystemExit(f"{own} was built over another model than {folder}'s")
+    return index, method
+
+
 def exhaustive_row(label: str, ev) -> dict[str, Any]:  # noqa: ANN001
     """The row of exhaustive scoring (every item scored) with the model named ``label``."""
     row = {
@@ -334,14 +347,10 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
         branch = run.model.embedding_dim > cfg.model.dim
         for partition in args.partitions.split(","):
             if partition == "own":
-                own = Path(folder) / INDEX_DIR
-                if not own.is_dir():
-                    print(f"{label}: no index written at training ({own}); 'own' skipped")
+                if not (Path(folder) / INDEX_DIR).is_dir():
+                    print(f"{label}: no index written at training; 'own' skipped")
                     continue
-                method = read_manifest(own).get("info", {}).get("method", "own")
-                index_model, index = load_index(own)
-                if not torch.equal(item_embeddings(index_model), item_embeddings(run.model)):
-                    raise SystemExit(f"{own} was built over another model than {folder}'s")
+                index, method = own_index(folder, run.model)
                 label_own = f"{method} index ({label})"
                 beam_rows(run.model, index, ds, ks, beams, label_own, metric, ex, rows, max_users)
                 continue

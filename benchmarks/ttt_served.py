@@ -2,8 +2,10 @@
 part 3).
 
 One finished run (e.g. the best Gowalla model, MoL grown from the dot model, with the spectral
-branch) gets the index that serves it (hierarchical k-means on the learned dimensions by default,
-``index.kmeans_on = "learned"``).  Then:
+branch) gets the index that serves it: a post-hoc one (hierarchical k-means on the learned
+dimensions by default, ``index.kmeans_on = "learned"``), or with ``--index own`` the index the run
+learned with the model (``<run>/index``, e.g. configs/gowalla-mol-warm-joint.toml's joint one,
+as HILL fine-tunes).  Then:
 
 1. selection, validation only: every setting in ``--settings`` fine-tunes the model with
    ``ttt.seed = 0``; each epoch, and the start model, is scored through the refreshed index on
@@ -16,7 +18,8 @@ branch) gets the index that serves it (hierarchical k-means on the learned dimen
    2 x 38 minutes here), so the spread is that of test-time training alone.
 
     python benchmarks/ttt_served.py --run runs/bench-gowalla-mol-warm-1epoch \\
-        [--levels 64,32] [--beam 16] [--valid-users 5000] [--test-users 10000] [--seeds 0,1,2] \\
+        [--index posthoc|own] [--levels 64,32] [--beam 16] [--valid-users 5000] \\
+        [--test-users 10000] [--seeds 0,1,2] \\
         [--settings "ttt.target='node' ttt.params='user'|ttt.target='item'"] \\
         [--result-name ttt_served]
 
@@ -30,16 +33,18 @@ import argparse
 import logging
 import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from common import RESULTS, command_line, machine, rounded
+from index_common import own_index
 
 from hirex.atomic_files import atomic_write_json
 from hirex.config import ConfigError, IndexConfig, RunConfig, apply_overrides, config_to_dict
 from hirex.eval.protocols import evaluate, evaluate_index
 from hirex.index.build import build_index
-from hirex.runs import load_run
+from hirex.runs import INDEX_DIR, load_run
 from hirex.train.trainer import eval_ks
 from hirex.ttt.finetune import test_time_train
 
@@ -60,8 +65,17 @@ DEFAULT_SETTINGS = "|".join(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", required=True, help="a finished run folder (hirex train --out)")
-    p.add_argument("--levels", default="64,32")
-    p.add_argument("--kmeans-on", choices=["all", "learned"], default="learned")
+    p.add_argument(
+        "--index",
+        choices=["posthoc", "own"],
+        default="posthoc",
+        help="posthoc: hierarchical k-means over the model (--levels, --kmeans-on); own: the "
+        "index the run wrote at training (<run>/index, e.g. a joint one)",
+    )
+    p.add_argument("--levels", default="64,32", help="with --index posthoc")
+    p.add_argument(
+        "--kmeans-on", choices=["all", "learned"], default="learned", help="with --index posthoc"
+    )
     p.add_argument("--beam", default="16", help="serving beam (index.beam), e.g. 16 or 16,8")
     p.add_argument("--valid-users", type=int, default=5000, help="0: all")
     p.add_argument("--test-users", type=int, default=10000, help="0: all")
@@ -78,6 +92,8 @@ def main() -> None:
             apply_overrides(RunConfig(), [*shlex.split(setting), *args.overrides])
     except (ConfigError, ValueError) as err:
         p.error(f"--settings / --set: {err}")
+    if args.index == "own" and not (Path(args.run) / INDEX_DIR).is_dir():
+        p.error(f"--index own: {args.run} has no index written at training ({INDEX_DIR}/)")
     t_all = time.perf_counter()
     try:
         run = load_run(args.run, device="cpu")
@@ -95,11 +111,16 @@ def main() -> None:
     )
     ks = eval_ks(cfg, ds)
     metrics = [f"recall@{max(ks)}", f"ndcg@{max(ks)}"]
-    levels = tuple(int(x) for x in args.levels.split(","))
-    index_cfg = IndexConfig(
-        method="posthoc", levels=levels, kmeans="hierarchical", kmeans_on=args.kmeans_on
-    )
-    index = build_index(run.model, index_cfg, seed=cfg.train.seed)
+    if args.index == "own":
+        index, method = own_index(args.run, run.model)
+        index_info = {"levels": list(index.sizes), "method": method}
+    else:
+        levels = tuple(int(x) for x in args.levels.split(","))
+        index_cfg = IndexConfig(
+            method="posthoc", levels=levels, kmeans="hierarchical", kmeans_on=args.kmeans_on
+        )
+        index = build_index(run.model, index_cfg, seed=cfg.train.seed)
+        index_info = {"levels": list(levels), "kmeans": "hierarchical", "kmeans_on": args.kmeans_on}
     valid_users = args.valid_users or None
     test_users = args.test_users or None
 
@@ -115,8 +136,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "run": args.run,
         "scorer": cfg.model.scorer,
-        "index": config_to_dict(cfg)["index"]
-        | {"levels": list(levels), "kmeans": "hierarchical", "kmeans_on": args.kmeans_on},
+        "index": config_to_dict(cfg)["index"] | index_info,
         "valid_users": valid_users or "all",
         "test_users": test_users or "all",
         "metrics": metrics,
