@@ -145,10 +145,12 @@ def beam_rows(
     ex,
     rows: list[dict[str, Any]],
     max_users: int | None = None,
+    split: str = "test",
 ) -> None:
-    """Test metrics through ``index`` at every beam, appended to ``rows`` as method ``label``."""
+    """``split``'s metrics through ``index`` at every beam, appended to ``rows`` as method
+    ``label``."""
     for beam in beams:
-        ev = evaluate_index(model, index, ds, "test", ks, beam, max_users=max_users)
+        ev = evaluate_index(model, index, ds, split, ks, beam, max_users=max_users)
         rows.append(
             {
                 "method": label,
@@ -228,8 +230,19 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
         help="comma-separated finished run folders (hirex train --out): measure post-hoc\n"
         "indexes over their models instead of training one model per method",
     )
-    p.add_argument("--levels", default="", help="with --runs: the post-hoc index levels (64,32)")
-    p.add_argument("--max-users", type=int, default=0, help="with --runs: test users (0: all)")
+    p.add_argument(
+        "--levels",
+        default="",
+        help="with --runs: the post-hoc index levels (64,32); several structures ';'-separated,\n"
+        "e.g. '32,16;64,32;32,16,8', each built and searched at every beam",
+    )
+    p.add_argument("--max-users", type=int, default=0, help="with --runs: users (0: all)")
+    p.add_argument(
+        "--split",
+        choices=["valid", "test"],
+        default="test",
+        help="with --runs: the split measured (valid, to choose an index's levels and beam)",
+    )
     p.add_argument(
         "--partitions",
         default="residual,hierarchical,hierarchical-learned",
@@ -248,8 +261,11 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
             p.error(f"--partitions takes a comma list of {sorted(known)}")
         measure_runs(args, beams_list)
         return
-    if args.levels or args.max_users:
-        p.error("--levels and --max-users go with --runs (a trained config sets its own levels)")
+    if args.levels or args.max_users or args.split != "test":
+        p.error(
+            "--levels, --max-users and --split go with --runs (a trained config sets its own "
+            "levels)"
+        )
     name = args.result_name
     base = apply_overrides(
         load_config(args.config), [f'data.data_dir="{args.data_dir}"', *args.overrides]
@@ -332,8 +348,13 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
 
     rows: list[dict[str, Any]] = []
     runs: dict[str, Any] = {}
-    levels = tuple(int(x) for x in (args.levels or "64,32").split(","))
+    structures = [
+        tuple(int(x) for x in part.split(","))
+        for part in (args.levels or "64,32").split(";")
+        if part.strip()
+    ]
     max_users = args.max_users or None
+    split = args.split
     name = args.result_name
     for folder in args.runs.split(","):
         run = load_run(folder, device="cpu")
@@ -341,7 +362,7 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
         ks = eval_ks(cfg, ds)
         metric = f"recall@{max(ks)}"
         label = Path(folder).name
-        ex = evaluate(run.model, ds, "test", ks, max_users=max_users)
+        ex = evaluate(run.model, ds, split, ks, max_users=max_users)
         rows.append(exhaustive_row(label, ex))
         runs[label] = {"folder": folder, "scorer": cfg.model.scorer, "index_build_seconds": {}}
         branch = run.model.embedding_dim > cfg.model.dim
@@ -352,31 +373,46 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
                     continue
                 index, method = own_index(folder, run.model)
                 label_own = f"{method} index ({label})"
-                beam_rows(run.model, index, ds, ks, beams, label_own, metric, ex, rows, max_users)
+                beam_rows(
+                    run.model, index, ds, ks, beams, label_own, metric, ex, rows, max_users, split
+                )
                 continue
             kmeans, _, on = partition.partition("-")
             if on and not branch:  # without a branch the learned dimensions are all of them
                 print(f"{label}: no spectral branch, so {partition} is {kmeans}; skipped")
                 continue
-            index_cfg = IndexConfig(
-                method="posthoc", levels=levels, kmeans=kmeans, kmeans_on=on or "all"
-            )
-            t0 = time.perf_counter()
-            index = build_index(run.model, index_cfg, seed=cfg.train.seed)
-            runs[label]["index_build_seconds"][partition] = round(time.perf_counter() - t0, 1)
-            what = f"{kmeans} k-means" + (" on the learned dimensions" if on else "")
-            method = f"posthoc {what} ({label})"
-            beam_rows(run.model, index, ds, ks, beams, method, metric, ex, rows, max_users)
-            write_rows(
-                name,
-                False,
-                dataset=ds.summary(),
-                users_measured=max_users or "all",
-                rows=rows,
-                runs=runs,
-            )
+            for levels in structures:
+                index_cfg = IndexConfig(
+                    method="posthoc", levels=levels, kmeans=kmeans, kmeans_on=on or "all"
+                )
+                t0 = time.perf_counter()
+                index = build_index(run.model, index_cfg, seed=cfg.train.seed)
+                key = partition if len(structures) == 1 else f"{partition} {levels}"
+                runs[label]["index_build_seconds"][key] = round(time.perf_counter() - t0, 1)
+                what = f"{kmeans} k-means" + (" on the learned dimensions" if on else "")
+                if len(structures) > 1:
+                    what += " " + " x ".join(str(k) for k in levels)
+                method = f"posthoc {what} ({label})"
+                beam_rows(
+                    run.model, index, ds, ks, beams, method, metric, ex, rows, max_users, split
+                )
+                write_rows(
+                    name,
+                    False,
+                    dataset=ds.summary(),
+                    split=split,
+                    users_measured=max_users or "all",
+                    rows=rows,
+                    runs=runs,
+                )
     write_rows(
-        name, True, dataset=ds.summary(), users_measured=max_users or "all", rows=rows, runs=runs
+        name,
+        True,
+        dataset=ds.summary(),
+        split=split,
+        users_measured=max_users or "all",
+        rows=rows,
+        runs=runs,
     )
-    plot(rows, metric, RESULTS / f"{name}.png", f"{name}: {metric} against items scored")
+    plot(rows, metric, RESULTS / f"{name}.png", f"{name}: {split} {metric} against items scored")
     print(f"wrote benchmarks/results/{name}.json and .png")
