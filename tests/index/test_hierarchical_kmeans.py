@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -134,7 +135,9 @@ def test_bad_combinations_are_clear_errors(tiny_set_data):
 
 
 @pytest.mark.parametrize("scorer", ["dot", "mol"])
-def test_kmeans_on_learned_partitions_without_the_spectral_branch(tiny_set_data, scorer, tmp_path):
+def test_kmeans_on_learned_partitions_without_the_spectral_branch(
+    tiny_set_data, scorer, tmp_path, caplog
+):
     from hirex.models.spectral import attach_spectral_branch
 
     ds, _ = tiny_set_data
@@ -147,14 +150,19 @@ def test_kmeans_on_learned_partitions_without_the_spectral_branch(tiny_set_data,
     cfg = dataclasses.replace(
         IndexConfig(), method="posthoc", kmeans="hierarchical", levels=(6, 4), kmeans_on="learned"
     )
-    index = build_index(model, cfg, seed=0)
+    with caplog.at_level(logging.WARNING, logger="hirex.index.build"):
+        index = build_index(model, cfg, seed=0)
+    assert "routes badly" not in caplog.text
     items = index.item_emb
     assert items.shape[-1] == 16 + 12
     # The paths are hierarchical k-means of the learned dimensions alone ...
     _, want_codes = fit_hierarchical_kmeans(items[..., :16], (6, 4), seed=0)
     assert torch.equal(index.codes, want_codes)
-    everything = build_index(model, dataclasses.replace(cfg, kmeans_on="all"), seed=0)
+    with caplog.at_level(logging.WARNING, logger="hirex.index.build"):
+        everything = build_index(model, dataclasses.replace(cfg, kmeans_on="all"), seed=0)
     assert not torch.equal(everything.codes, want_codes)
+    # Over all dimensions of a branch model the user is told what to set instead.
+    assert "--kmeans hierarchical --kmeans-on learned" in caplog.text
     # ... while the nodes sit at the centroids of the full embeddings, branch included.
     top = index.item_keys(0)
     for node, key in enumerate(index.levels[0].keys):
