@@ -355,6 +355,18 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
     ]
     max_users = args.max_users or None
     split = args.split
+
+    def write(complete: bool) -> None:
+        write_rows(
+            name,
+            complete,
+            dataset=ds.summary(),
+            split=split,
+            users_measured=max_users or "all",
+            rows=rows,
+            runs=runs,
+        )
+
     name = args.result_name
     for folder in args.runs.split(","):
         run = load_run(folder, device="cpu")
@@ -396,23 +408,7 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
                 beam_rows(
                     run.model, index, ds, ks, beams, method, metric, ex, rows, max_users, split
                 )
-                write_rows(
-                    name,
-                    False,
-                    dataset=ds.summary(),
-                    split=split,
-                    users_measured=max_users or "all",
-                    rows=rows,
-                    runs=runs,
-                )
-    write_rows(
-        name,
-        True,
-        dataset=ds.summary(),
-        split=split,
-        users_measured=max_users or "all",
-        rows=rows,
-        runs=runs,
-    )
+                write(complete=False)
+    write(complete=True)
     plot(rows, metric, RESULTS / f"{name}.png", f"{name}: {split} {metric} against items scored")
     print(f"wrote benchmarks/results/{name}.json and .png")
