@@ -259,7 +259,19 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
         known = {"own", "residual", "hierarchical", "hierarchical-learned"}
         if not set(args.partitions.split(",")) <= known:
             p.error(f"--partitions takes a comma list of {sorted(known)}")
-        measure_runs(args, beams_list)
+        try:
+            structures = [
+                tuple(int(x) for x in part.split(","))
+                for part in (args.levels or "64,32").split(";")
+                if part.strip()
+            ]
+        except ValueError:
+            p.error(
+                f"--levels {args.levels!r}: give codewords per level, e.g. 64,32 or '32,16;64,32'"
+            )
+        if not structures or any(k < 2 for levels in structures for k in levels):
+            p.error(f"--levels {args.levels!r}: every level needs at least 2 nodes, e.g. 64,32")
+        measure_runs(args, beams_list, structures)
         return
     if args.levels or args.max_users or args.split != "test":
         p.error(
@@ -340,7 +352,9 @@ def run_index_benchmark(name: str, doc: str, default_config: str, beams: list[st
     print(f"wrote benchmarks/results/{name}.json and .png")
 
 
-def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
+def measure_runs(
+    args: argparse.Namespace, beams: list[str], structures: list[tuple[int, ...]]
+) -> None:
     """Post-hoc indexes (residual and hierarchical k-means) over the models of finished runs,
     with exhaustive scoring of the same users, written to results/<result-name>.json and .png."""
     from hirex.config import IndexConfig
@@ -348,11 +362,6 @@ def measure_runs(args: argparse.Namespace, beams: list[str]) -> None:
 
     rows: list[dict[str, Any]] = []
     runs: dict[str, Any] = {}
-    structures = [
-        tuple(int(x) for x in part.split(","))
-        for part in (args.levels or "64,32").split(";")
-        if part.strip()
-    ]
     max_users = args.max_users or None
     split = args.split
 
