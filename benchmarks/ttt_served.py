@@ -72,9 +72,9 @@ def main() -> None:
         help="posthoc: hierarchical k-means over the model (--levels, --kmeans-on); own: the "
         "index the run wrote at training (<run>/index, e.g. a joint one)",
     )
-    p.add_argument("--levels", default="64,32", help="with --index posthoc")
+    p.add_argument("--levels", help="with --index posthoc (default 64,32)")
     p.add_argument(
-        "--kmeans-on", choices=["all", "learned"], default="learned", help="with --index posthoc"
+        "--kmeans-on", choices=["all", "learned"], help="with --index posthoc (default learned)"
     )
     p.add_argument("--beam", default="16", help="serving beam (index.beam), e.g. 16 or 16,8")
     p.add_argument("--valid-users", type=int, default=5000, help="0: all")
@@ -92,8 +92,16 @@ def main() -> None:
             apply_overrides(RunConfig(), [*shlex.split(setting), *args.overrides])
     except (ConfigError, ValueError) as err:
         p.error(f"--settings / --set: {err}")
-    if args.index == "own" and not (Path(args.run) / INDEX_DIR).is_dir():
-        p.error(f"--index own: {args.run} has no index written at training ({INDEX_DIR}/)")
+    if args.index == "own":
+        if args.levels or args.kmeans_on:
+            p.error("--levels and --kmeans-on build a posthoc index; --index own uses the run's")
+        if not (Path(args.run) / INDEX_DIR).is_dir():
+            p.error(f"--index own: {args.run} has no index written at training ({INDEX_DIR}/)")
+    kmeans_on = args.kmeans_on or "learned"
+    try:
+        levels = tuple(int(x) for x in (args.levels or "64,32").split(","))
+    except ValueError:
+        p.error(f"--levels {args.levels!r}: give codewords per level, e.g. 64,32")
     t_all = time.perf_counter()
     try:
         run = load_run(args.run, device="cpu")
@@ -115,12 +123,11 @@ def main() -> None:
         index, method = own_index(args.run, run.model)
         index_info = {"levels": list(index.sizes), "method": method}
     else:
-        levels = tuple(int(x) for x in args.levels.split(","))
         index_cfg = IndexConfig(
-            method="posthoc", levels=levels, kmeans="hierarchical", kmeans_on=args.kmeans_on
+            method="posthoc", levels=levels, kmeans="hierarchical", kmeans_on=kmeans_on
         )
         index = build_index(run.model, index_cfg, seed=cfg.train.seed)
-        index_info = {"levels": list(levels), "kmeans": "hierarchical", "kmeans_on": args.kmeans_on}
+        index_info = {"levels": list(levels), "kmeans": "hierarchical", "kmeans_on": kmeans_on}
     valid_users = args.valid_users or None
     test_users = args.test_users or None
 
